@@ -1,0 +1,1 @@
+"""maitred.cli: the `maitred` command and its subcommands."""

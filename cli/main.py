@@ -1,0 +1,24 @@
+"""The `maitred` command: `maitred router`, `maitred sim`, `maitred demo` (and later `maitred operator`)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="maitred: a load balancer for AI model servers.")
+
+
+def _register() -> None:
+    # Each subcommand lives beside the code it runs; importing here keeps `maitred --help` cheap.
+    from maitred.sim.cli import sim_command
+
+    app.command("sim", help="Run a simulated OpenAI/vLLM-compatible model server.")(sim_command)
+
+
+def main() -> None:
+    """Entry point of the `maitred` console script."""
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()

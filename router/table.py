@@ -1,0 +1,122 @@
+"""The routing table: the contract between the operator (which writes it) and the router (which reads it).
+
+A routing table is one JSON document, for example::
+
+    {"pool": "ml/llama-8b", "version": 17, "method": "least-connections",
+     "models": ["meta-llama/Llama-3.1-8B-Instruct"],
+     "endpoints": [{"id": "llama-8b-7d9f-abcde", "url": "http://10.1.2.3:8000", "weight": 1}],
+     "healthCheck": {"path": "/health", "periodSeconds": 5},
+     "retries": {"attempts": 2}, "timeouts": {"connectSeconds": 3}}
+
+Both sides validate it with :class:`RoutingTable`, so a table the operator can write is one the
+router can read. Field names are camelCase on the wire, as in Kubernetes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+#: The balancing methods a table may name; each is one module in :mod:`maitred.router.balancing`.
+Method = Literal["round-robin", "least-connections", "weighted", "least-response-time"]
+METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Endpoint(_Model):
+    """One upstream replica. `id` keys the router's per-endpoint state across table versions."""
+
+    id: str = Field(min_length=1)
+    url: str = Field(pattern=r"^https?://[^/\s]+(/.*)?$", description="base URL, e.g. http://10.1.2.3:8000")
+    weight: int = Field(default=1, ge=0, description="relative share for `weighted`; 0 takes no traffic")
+    zone: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _strip_slash(cls, url: str) -> str:
+        return url.rstrip("/")
+
+
+class HealthCheck(_Model):
+    """Active health checks: GET `path` every `period_seconds`; eject after `failure_threshold` failures."""
+
+    path: str = "/health"
+    period_seconds: float = Field(default=5.0, gt=0)
+    timeout_seconds: float = Field(default=2.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+
+
+class Retries(_Model):
+    """Retries on another endpoint, only while nothing has reached the client.
+
+    `attempts` counts retries after the first try (as Istio's `attempts`); 0 turns retries off.
+    Connection failures are always retriable; `on_status` lists the backend statuses that are too.
+    """
+
+    attempts: int = Field(default=2, ge=0)
+    per_try_timeout_seconds: float | None = Field(default=None, gt=0, description="time to response headers")
+    on_status: tuple[int, ...] = (502, 503)
+
+
+class Timeouts(_Model):
+    """Upstream timeouts in seconds. `idle_seconds` is reset by every chunk, so streams are never cut while alive."""
+
+    connect_seconds: float = Field(default=3.0, gt=0)
+    idle_seconds: float = Field(default=120.0, gt=0)
+    request_seconds: float = Field(default=1800.0, gt=0)
+
+
+class RoutingTable(_Model):
+    """A pool's routing table. Raises :class:`pydantic.ValidationError` on a bad document."""
+
+    pool: str = "default"
+    version: int = Field(default=0, ge=0)
+    method: Method = "least-connections"
+    models: tuple[str, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    health_check: HealthCheck = HealthCheck()
+    retries: Retries = Retries()
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_ids(cls, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        ids = [e.id for e in endpoints]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"endpoint ids must be unique; repeated: {', '.join(dupes)}")
+        return endpoints
+
+    def to_json(self) -> bytes:
+        """The table as camelCase JSON bytes, as the router reads it."""
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True), option=orjson.OPT_INDENT_2)
+
+
+class TableError(ValueError):
+    """A routing table that cannot be used; the message names the field at fault."""
+
+
+def parse_table(raw: bytes | str) -> RoutingTable:
+    """Parse and validate a routing table from JSON. Raises :class:`TableError` naming the bad field."""
+    try:
+        return RoutingTable.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise TableError(f"routing table is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise TableError(f"invalid routing table: {problems}") from None
+
+
+def load_table(path: Path) -> RoutingTable:
+    """Read and validate the routing table at `path`. Raises :class:`TableError` or :class:`OSError`."""
+    return parse_table(path.read_bytes())

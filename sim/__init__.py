@@ -1,0 +1,1 @@
+"""maitred.sim: a simulated OpenAI- and vLLM-compatible model server with continuous-batching timing."""

@@ -1,0 +1,3 @@
+"""placeholder replaced by the simulator work."""
+def sim_command() -> None:
+    """Placeholder."""
