@@ -1,0 +1,115 @@
+"""The router's ASGI app: the raw proxy for `/v1/*`, FastAPI for everything else.
+
+Control paths: `/healthz` (alive), `/readyz` (a table with a live endpoint is loaded), `/metrics`
+(Prometheus), `/debug/table` (the table and each endpoint's state), and `GET /v1/models`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from fastapi import FastAPI, Response
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from maitred.router.asgi import Receive, Scope, Send
+from maitred.router.core import Router
+from maitred.router.errors import error_body
+from maitred.router.proxy import Proxy
+
+#: A table source: a coroutine that feeds tables to the router until cancelled.
+TableSource = Callable[[Router], Awaitable[None]]
+
+
+def create_app(router: Router, source: TableSource | None = None):
+    """The ASGI app for `router`; `source` runs for the app's lifetime (e.g. a file watcher)."""
+    control = _control_app(router, source)
+    proxy = Proxy(router)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/") and not (
+            scope["method"] == "GET" and scope["path"] == "/v1/models"
+        ):
+            await proxy(scope, receive, send)
+        else:
+            await control(scope, receive, send)
+
+    return app
+
+
+def _control_app(router: Router, source: TableSource | None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await router.start()
+        tasks = [asyncio.create_task(router.health.run(router.session))]
+        if source is not None:
+            tasks.append(asyncio.create_task(source(router)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await router.close()
+
+    app = FastAPI(title="maitred router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if router.ready:
+            return _json({"status": "ready", "liveEndpoints": len(router.endpoints.live)})
+        table = router.endpoints.table
+        reason = router.table_error if table is None and router.table_error else (
+            "no routing table loaded" if table is None else "no live endpoint")
+        return _json({"status": "not ready", "reason": reason}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/debug/table")
+    async def debug_table() -> Response:
+        return _json(router.snapshot())
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        table = router.endpoints.table
+        names = list(table.models) if table and table.models else await _backend_models(router)
+        return _json({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": table.pool if table else "maitred"}
+            for name in names]})
+
+    @app.exception_handler(404)
+    async def not_found(request, exc) -> Response:
+        body = error_body(f"no route for {request.method} {request.url.path}", "invalid_request_error", "not_found")
+        return Response(body, status_code=404, media_type="application/json")
+
+    return app
+
+
+def _json(data, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+
+
+async def _backend_models(router: Router) -> list[str]:
+    """The union of the live endpoints' own /v1/models lists (when the table names no models)."""
+
+    async def fetch(url: str) -> list[str]:
+        try:
+            async with router.session.get(url + "/v1/models", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status != 200:
+                    return []
+                data = await resp.json(content_type=None)
+                return [m["id"] for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            return []
+
+    lists = await asyncio.gather(*(fetch(s.url) for s in router.endpoints.live))
+    return sorted({name for names in lists for name in names})

@@ -1,0 +1,35 @@
+"""`maitred router`: run the router from a routing-table file (standalone) or a ConfigMap."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from maitred.router.app import create_app
+from maitred.router.core import Router
+from maitred.router.proxy import DEFAULT_MAX_BODY_BYTES
+from maitred.router.sources import watch_file
+
+
+def router_command(
+    table: Path = typer.Option(None, "--table", help="Routing-table JSON file; reloaded when it changes."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+    max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, help="Largest request body accepted, in bytes (413 past it)."),
+    access_log: bool = typer.Option(True, help="One JSON log line per proxied request."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Run the router in front of a pool's endpoints."""
+    if table is None:
+        raise typer.BadParameter("give --table FILE", param_hint="--table")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("maitred.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    router = Router(max_body_bytes=max_body_bytes)
+    app = create_app(router, source=functools.partial(watch_file, table))
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                server_header=False, date_header=False, log_level=log_level, backlog=4096,
+                timeout_keep_alive=75)

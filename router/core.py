@@ -1,0 +1,95 @@
+"""The router: one object holding a pool's table, endpoint states, balancer and upstream connections.
+
+Built once at start-up and passed to the proxy, the control paths and the table source (no
+singletons). A new table version is applied between two awaits, so requests in flight keep the
+endpoint they hold and new requests see the new endpoints at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import aiohttp
+
+from maitred.router.balancing import Balancer, make_balancer
+from maitred.router.endpoints import EndpointRegistry, EndpointState
+from maitred.router.health import HealthChecker
+from maitred.router.metrics import RouterMetrics
+from maitred.router.proxy import DEFAULT_MAX_BODY_BYTES
+from maitred.router.table import RoutingTable
+
+log = logging.getLogger("maitred.router")
+
+
+class Router:
+    """State of one router process. `session` exists between :meth:`start` and :meth:`close`."""
+
+    def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rng: random.Random | None = None) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.rng = rng or random.Random()
+        self.endpoints = EndpointRegistry(on_health_change=self._health_changed)
+        self.metrics = RouterMetrics(self.endpoints)
+        self.health = HealthChecker(self.endpoints)
+        self.balancer: Balancer | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.client_timeout = aiohttp.ClientTimeout(total=None)
+        self.table_error: str | None = None
+
+    async def start(self) -> None:
+        """Open the pooled keep-alive upstream connections."""
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=60)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # bodies pass byte for byte, compressed or not
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        """Close upstream connections."""
+        if self.session is not None:
+            await self.session.close()
+
+    def apply_table(self, table: RoutingTable) -> None:
+        """Make `table` current; keeps per-endpoint state by id and the balancer if the method is unchanged."""
+        previous = self.endpoints.table
+        change = self.endpoints.apply(table)
+        if self.balancer is None or previous is None or previous.method != table.method:
+            self.balancer = make_balancer(table.method, rng=self.rng)
+        t = table.timeouts
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=t.request_seconds, sock_connect=t.connect_seconds, sock_read=t.idle_seconds
+        )
+        self.table_error = None
+        self.metrics.table_loads.labels("applied").inc()
+        self.health.kick()
+        log.info("routing table %s version %d applied: %s, %d endpoints (added %s, removed %s)",
+                 table.pool, table.version, table.method, len(table.endpoints),
+                 ", ".join(change.added) or "none", ", ".join(change.removed) or "none")
+
+    def reject_table(self, error: str) -> None:
+        """Record a table that could not be used; the last good one stays in force."""
+        self.table_error = error
+        self.metrics.table_loads.labels("rejected").inc()
+        kept = self.endpoints.table
+        log.error("%s; keeping %s", error, f"version {kept.version}" if kept else "no table")
+
+    def _health_changed(self, state: EndpointState) -> None:
+        if not state.healthy:
+            self.metrics.ejections.labels(state.id).inc()
+
+    @property
+    def ready(self) -> bool:
+        """A table is loaded and at least one endpoint is live."""
+        return self.endpoints.table is not None and bool(self.endpoints.live)
+
+    def snapshot(self) -> dict:
+        """The table and each endpoint's live state, for /debug/table."""
+        table = self.endpoints.table
+        return {
+            "table": table.model_dump(mode="json", by_alias=True) if table else None,
+            "tableError": self.table_error,
+            "endpoints": [s.snapshot() for s in self.endpoints],
+        }

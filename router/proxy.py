@@ -1,0 +1,393 @@
+"""The hot path: forward one OpenAI request to an endpoint and stream its answer back.
+
+Raw ASGI rather than FastAPI, because the framework's per-request work would double the router's
+added latency. Per request:
+
+1. read the body (413 past the limit); parse JSON only on paths that name a model (400, 404);
+2. pick an endpoint with the table's method, count it in flight, send upstream over a pooled
+   keep-alive connection;
+3. before anything reached the client, a connection failure (or a status the table lists) is
+   retried on another endpoint; after that, a failure ends an SSE stream with an error event;
+4. pass status, headers and body through unchanged, chunk by chunk for streams;
+5. a client that leaves cancels the upstream request at once.
+
+In-flight counts are released in `finally`, exactly once, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from maitred.router.asgi import Receive, Scope, Send
+from maitred.router.endpoints import EndpointState, monotonic_s
+from maitred.router.errors import send_error, sse_error_event
+from maitred.router.health import describe
+from maitred.router.metrics import NO_ENDPOINT
+
+access_log = logging.getLogger("maitred.access")
+
+#: Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the client
+#: library recomputes (host, content-length).
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+     b"host", b"content-length", b"proxy-authenticate", b"proxy-authorization"}
+)
+_RESPONSE_DROP = HOP_BY_HOP - {b"content-length"}
+#: Paths whose body must be JSON naming a model.
+MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class ClientGone(Exception):
+    """The client disconnected."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one request came to, for the access log and metrics."""
+
+    status: int = 0
+    endpoint: str = NO_ENDPOINT
+    attempts: int = 0
+    stream: bool = False
+    ttft_s: float | None = None
+    error: str | None = None
+    started: float = 0.0
+
+
+@dataclass(slots=True)
+class _Retry:
+    """An attempt that failed before anything reached the client."""
+
+    reason: str
+    code: str
+    status: int = 502
+
+
+class Proxy:
+    """ASGI app for the proxied `/v1/*` paths of one :class:`~maitred.router.core.Router`."""
+
+    def __init__(self, router) -> None:  # router: maitred.router.core.Router (import cycle avoided)
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        outcome = Outcome(started=started)
+        model = None
+        try:
+            body = await self._read_body(scope, receive, send, request_id, outcome)
+            if body is None:
+                return
+            parsed, model = _parse(scope, body)
+            await self._validate(parsed, model, send, request_id, outcome)
+            if outcome.status:
+                return
+            if parsed is _NOT_PARSED:
+                parsed = None
+            await self._forward_until_disconnect(scope, receive, send, body, parsed, request_id, outcome)
+        except ClientGone:
+            outcome.status, outcome.error = 499, "client disconnected"
+        finally:
+            self._log(scope, request_id, model, outcome, time.perf_counter() - started)
+
+    async def _read_body(self, scope, receive, send, request_id, outcome) -> bytes | None:
+        limit = self.router.max_body_bytes
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._too_large(send, request_id, outcome, limit)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await self._too_large(send, request_id, outcome, limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _too_large(self, send, request_id, outcome, limit) -> None:
+        outcome.status = 413
+        await send_error(send, 413, f"request body is larger than the limit of {limit} bytes",
+                         "invalid_request_error", "request_too_large", request_id=request_id)
+
+    async def _validate(self, parsed, model, send, request_id, outcome) -> None:
+        """On model paths: 400 for bad JSON or no model, 404 for a model the pool does not serve."""
+        if parsed is _NOT_PARSED:
+            return
+        if isinstance(parsed, orjson.JSONDecodeError):
+            outcome.status = 400
+            return await send_error(send, 400, f"request body is not valid JSON: {parsed}", "invalid_request_error",
+                                    "invalid_json", request_id=request_id)
+        if model is None:
+            outcome.status = 400
+            return await send_error(send, 400, "you must provide a model parameter", "invalid_request_error",
+                                    "missing_model", param="model", request_id=request_id)
+        table = self.router.endpoints.table
+        if table is not None and table.models and model not in table.models:
+            outcome.status = 404
+            await send_error(send, 404, f"the model `{model}` does not exist in pool {table.pool}; "
+                             f"served: {', '.join(table.models)}", "invalid_request_error", "model_not_found",
+                             param="model", request_id=request_id)
+
+    async def _forward_until_disconnect(self, scope, receive, send, body, parsed, request_id, outcome) -> None:
+        """Forward, while a watcher cancels the forwarding the moment the client disconnects."""
+        task = asyncio.current_task()
+        finished = False
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not finished:
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await self._forward(scope, send, body, parsed, request_id, outcome)
+        except asyncio.CancelledError:
+            if finished or not watcher.done() or watcher.cancelled():
+                raise
+            task.uncancel()
+            raise ClientGone from None
+        finally:
+            finished = True
+            watcher.cancel()
+
+    async def _forward(self, scope, send, body, parsed, request_id, outcome) -> None:
+        """Try endpoints until one answers or retries run out."""
+        endpoints = self.router.endpoints
+        table = endpoints.table
+        tried: list[EndpointState] = []
+        retry: _Retry | None = None
+        while True:
+            live = endpoints.live
+            candidates = [e for e in live if e not in tried] if tried else live
+            if not candidates:
+                return await self._no_endpoint(send, request_id, outcome, table, tried, retry)
+            if retry is not None and len(tried) > table.retries.attempts:
+                outcome.status, outcome.error = retry.status, retry.reason
+                return await send_error(send, retry.status, f"upstream {tried[-1].id} failed: {retry.reason}",
+                                        "upstream_error", retry.code, request_id=request_id)
+            endpoint = self.router.balancer.pick(candidates, parsed)
+            can_retry = len(tried) < table.retries.attempts and len(candidates) > 1
+            tried.append(endpoint)
+            outcome.attempts = len(tried)
+            outcome.endpoint = endpoint.id
+            endpoint.acquire()
+            try:
+                retry = await self._attempt(endpoint, scope, send, body, request_id, outcome, can_retry)
+            finally:
+                endpoint.release()
+            if retry is None:
+                return
+            self.router.metrics.retries.labels(endpoint.id, retry.code).inc()
+
+    async def _no_endpoint(self, send, request_id, outcome, table, tried, retry) -> None:
+        outcome.status = 503
+        if table is None:
+            message = "no endpoint is available: the router has no routing table yet"
+        elif not tried:
+            message = f"no endpoint is available in pool {table.pool}: none of its {len(table.endpoints)} endpoints is live"
+        else:
+            message = (f"no endpoint is available in pool {table.pool}: every live endpoint failed "
+                       f"({len(tried)} tried; last: {retry.reason})")
+        outcome.error = message
+        await send_error(send, 503, message, "service_unavailable", "no_endpoint_available", request_id=request_id)
+
+    async def _attempt(self, endpoint, scope, send, body, request_id, outcome, can_retry) -> _Retry | None:
+        """One try on `endpoint`. Returns a :class:`_Retry` if it failed before anything reached the client."""
+        router = self.router
+        health = router.health
+        table = router.endpoints.table
+        sent_at = time.perf_counter()
+        try:
+            resp = await self._send_upstream(endpoint, scope, body, request_id)
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                reason = "connect timed out"
+            elif getattr(exc, "per_try", False):
+                reason = f"no response headers within the per-try timeout ({table.retries.per_try_timeout_seconds:g} s)"
+            else:
+                # The idle or overall timeout: the endpoint took the request; another try would double the work.
+                return await self._fail(send, 504, "upstream timed out before response headers", "upstream_timeout",
+                                        request_id, outcome)
+            health.request_failed(endpoint, reason)
+            return _Retry(reason, "upstream_timeout", 504)
+        except aiohttp.ClientError as exc:
+            # Nothing came back: safe to try another endpoint; _forward decides whether one is left.
+            reason = describe(exc)
+            health.request_failed(endpoint, reason)
+            return _Retry(reason, "upstream_connect_error")
+        try:
+            status = resp.status
+            if status >= 500:
+                health.request_failed(endpoint, f"HTTP {status}")
+                if can_retry and status in table.retries.on_status:
+                    return _Retry(f"HTTP {status}", f"upstream_{status}", status)
+            else:
+                health.request_succeeded(endpoint)
+            outcome.status = status
+            headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in _RESPONSE_DROP]
+            if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                headers.append((b"x-request-id", request_id))
+            if resp.content_length is not None:
+                return await self._relay_whole(resp, endpoint, headers, send, sent_at, outcome)
+            await self._relay_stream(resp, endpoint, headers, send, sent_at, outcome)
+            return None
+        finally:
+            resp.close()
+
+    async def _send_upstream(self, endpoint, scope, body, request_id) -> aiohttp.ClientResponse:
+        """Send the request and wait for response headers (per-try timeout applies here)."""
+        router = self.router
+        url = URL(endpoint.url + scope["raw_path"].decode("latin-1")
+                  + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""), encoded=True)
+        headers = _upstream_headers(scope, request_id)
+        request = router.session.request(scope["method"], url, data=body or None, headers=headers,
+                                         timeout=router.client_timeout, allow_redirects=False)
+        per_try = router.endpoints.table.retries.per_try_timeout_seconds
+        if per_try is None:
+            return await request
+        try:
+            async with asyncio.timeout(per_try):
+                return await request
+        except TimeoutError as exc:
+            exc.per_try = True
+            raise
+
+    async def _relay_whole(self, resp, endpoint, headers, send, sent_at, outcome) -> _Retry | None:
+        """A response with a Content-Length: read it whole, so that a failure can still be retried."""
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = describe(exc)
+            self.router.health.request_failed(endpoint, reason)
+            return _Retry(reason, "upstream_reset")
+        self._observe(endpoint, sent_at, outcome)
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+        self._record(endpoint, sent_at)
+        return None
+
+    async def _relay_stream(self, resp, endpoint, headers, send, sent_at, outcome) -> None:
+        """A streamed response: pass each chunk on as it arrives; on failure end SSE with an error event."""
+        outcome.stream = True
+        is_sse = (resp.content_type or "").startswith("text/event-stream")
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        first = True
+        try:
+            async for chunk in resp.content.iter_any():
+                if first:
+                    self._observe(endpoint, sent_at, outcome)
+                    first = False
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = "idle timeout: no data from the endpoint" if isinstance(exc, TimeoutError) else describe(exc)
+            code = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_reset"
+            outcome.error = reason
+            self.router.health.request_failed(endpoint, reason)
+            self._record(endpoint, sent_at)
+            if not is_sse:
+                # No way to signal the error inside an arbitrary body: close the connection instead
+                # (returning without finishing the response makes the server do so).
+                return
+            message = f"the stream from endpoint {endpoint.id} broke after it had started: {reason}"
+            await send({"type": "http.response.body", "body": sse_error_event(message, code), "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._record(endpoint, sent_at)
+
+    def _observe(self, endpoint: EndpointState, sent_at: float, outcome: Outcome) -> None:
+        now = time.perf_counter()
+        endpoint.observe_latency((now - sent_at) * 1000.0, monotonic_s())
+        outcome.ttft_s = now - outcome.started
+
+    def _record(self, endpoint: EndpointState, sent_at: float) -> None:
+        metrics = self.router.metrics
+        metrics.upstream_latency.labels(endpoint.id).observe(time.perf_counter() - sent_at)
+
+    async def _fail(self, send, status, reason, code, request_id, outcome) -> None:
+        outcome.status, outcome.error = status, reason
+        await send_error(send, status, f"upstream {outcome.endpoint} failed: {reason}", "upstream_error", code,
+                         request_id=request_id)
+
+    def _log(self, scope, request_id: bytes, model, outcome: Outcome, duration_s: float) -> None:
+        metrics = self.router.metrics
+        metrics.requests.labels(outcome.endpoint, str(outcome.status)).inc()
+        ttft_ms = None
+        if outcome.ttft_s is not None:
+            metrics.ttft.labels(outcome.endpoint).observe(outcome.ttft_s)
+            ttft_ms = round(outcome.ttft_s * 1000.0, 2)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(orjson.dumps({
+                "requestId": request_id.decode("latin-1"), "method": scope["method"], "path": scope["path"],
+                "model": model, "endpoint": outcome.endpoint, "status": outcome.status,
+                "attempts": outcome.attempts, "stream": outcome.stream, "ttftMs": ttft_ms,
+                "durationMs": round(duration_s * 1000.0, 2), "error": outcome.error,
+            }).decode())
+
+
+_NOT_PARSED = object()
+
+
+def _parse(scope: Scope, body: bytes):
+    """(parsed body, model name) on model paths; (_NOT_PARSED, None) elsewhere, where bodies are not read.
+
+    A body that is not JSON comes back as its JSONDecodeError; a model that is missing or not a
+    non-empty string as None.
+    """
+    if scope["method"] != "POST" or scope["path"] not in MODEL_PATHS:
+        return _NOT_PARSED, None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return exc, None
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return parsed, (model if isinstance(model, str) and model else None)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _request_id(scope: Scope) -> bytes:
+    for key, value in scope["headers"]:
+        if key == b"x-request-id" and value:
+            return value
+    return secrets.token_hex(12).encode()
+
+
+def _upstream_headers(scope: Scope, request_id: bytes) -> list[tuple[str, str]]:
+    """The client's headers less hop-by-hop ones, with x-request-id and x-forwarded-for added."""
+    headers = []
+    has_id = False
+    forwarded_for = None
+    for key, value in scope["headers"]:
+        if key in HOP_BY_HOP:
+            continue
+        if key == b"x-request-id":
+            has_id = True
+        elif key == b"x-forwarded-for":
+            forwarded_for = value.decode("latin-1")
+            continue
+        headers.append((key.decode("latin-1"), value.decode("latin-1")))
+    if not has_id:
+        headers.append(("x-request-id", request_id.decode("latin-1")))
+    client = scope.get("client")
+    if client:
+        headers.append(("x-forwarded-for", f"{forwarded_for}, {client[0]}" if forwarded_for else client[0]))
+    return headers
