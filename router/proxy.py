@@ -241,6 +241,8 @@ class Proxy:
             headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in _RESPONSE_DROP]
             if not any(k.lower() == b"x-request-id" for k, _ in headers):
                 headers.append((b"x-request-id", request_id))
+            # Which replica answered: for debugging and for clients that measure per replica.
+            headers.append((b"x-maitred-endpoint", endpoint.id.encode()))
             if resp.content_length is not None:
                 return await self._relay_whole(resp, endpoint, headers, send, sent_at, outcome)
             await self._relay_stream(resp, endpoint, headers, send, sent_at, outcome)
