@@ -1,6 +1,6 @@
 """Approximate tokens and seeded generated text.
 
-No real tokenizer: a token is a whitespace-separated word of at most 12 characters; longer runs of non-space
+No real tokenizer: a token is a whitespace-separated word of at most 16 characters; longer runs of non-space
 characters (code, base64, URLs) count one token per 4 characters, which is what BPE tokenizers give for such
 text on average. English prose then gets about 1 token per word (real tokenizers: about 1.3).
 """
@@ -13,7 +13,7 @@ import zlib
 
 import orjson
 
-_TOKEN_RE = re.compile(r"(?<!\S)\S{1,12}(?!\S)|\S{1,4}")
+_TOKEN_RE = re.compile(r"(?<!\S)\S{1,16}(?!\S)|\S{1,4}")
 
 # Words of generated text; each generated token is one of them, with a leading space as BPE tokens have.
 _VOCAB = (
@@ -58,7 +58,7 @@ class TextGenerator:
     def __init__(self, seed: int) -> None:
         rng = random.Random(seed)
         self._seed_mix = zlib.crc32(str(seed).encode())
-        indices = [rng.randrange(len(_VOCAB)) for _ in range(_STREAM_LEN)]
+        indices = rng.choices(range(len(_VOCAB)), k=_STREAM_LEN)
         self._words = [" " + _VOCAB[i] for i in indices]
         self._json_words = [orjson.dumps(w) for w in self._words]
         self._first_json_words = [orjson.dumps(_VOCAB[i].capitalize()) for i in indices]
