@@ -33,6 +33,7 @@ import os
 import secrets
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -56,6 +57,9 @@ HEARTBEAT_S = 10.0
 SYNC_PERIOD_S = 0.2
 
 _MERGE_PATCH = "application/merge-patch+json"
+# Strategic merge for pod status: conditions merge by type, so a condition
+# that someone else owns (a readiness gate, DisruptionTarget) survives.
+_STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
 Command = Union[Sequence[str], Callable[["Backend"], Sequence[str]]]
 
@@ -133,7 +137,7 @@ class Kubelet:
         self.label_selector = label_selector
         self.command = command
         self.node_name = node_name or f"maitred-test-node-{secrets.token_hex(3)}"
-        self.log_dir = Path(log_dir or Path.cwd() / "kubelet-logs") / self.node_name
+        self.log_dir = Path(log_dir or Path(tempfile.gettempdir()) / "maitred-kubelet") / self.node_name
         self.log_path = self.log_dir / "kubelet.log"
         self.ready_delay_s = ready_delay_s
         self.stop_delay_s = stop_delay_s
@@ -446,9 +450,15 @@ class Kubelet:
             fields = {"ip": backend.ip, "port": backend.port, "model": backend.model,
                       "name": backend.name, "namespace": backend.namespace}
             argv = [part.format(**fields) for part in self.command]
-        backend.proc = procs.spawn(argv, backend.log_path, env=container_env(pod, backend))
-        backend.container_started_at = _rfc3339()
         backend.probe_passed_at = None
+        try:
+            backend.proc = procs.spawn(argv, backend.log_path, env=container_env(pod, backend))
+        except OSError as exc:  # e.g. no such program: retry like a crashed container
+            self.log.error("%s/%s cannot start %s: %s", backend.namespace, backend.name, argv, exc)
+            backend.proc = None
+            backend.restart_at = time.monotonic() + self.restart_delay_s
+            return
+        backend.container_started_at = _rfc3339()
         self.log.info("started %s/%s on %s (pid %d): %s", backend.namespace, backend.name,
                       backend.url, backend.proc.pid, " ".join(argv))
 
@@ -496,7 +506,7 @@ class Kubelet:
             return
         meta = pod["metadata"]
         self._raw(self._core.patch_namespaced_pod_status,
-                  meta["name"], meta["namespace"], {"status": status}, _content_type=_MERGE_PATCH)
+                  meta["name"], meta["namespace"], {"status": status}, _content_type=_STRATEGIC_PATCH)
         if backend.written_status is None or backend.written_status["conditions"] != status["conditions"]:
             self.log.info("%s/%s status: ready=%s running=%s restarts=%d", meta["namespace"], meta["name"],
                           backend.ready, backend.running, backend.restarts)

@@ -4,6 +4,7 @@ pod status in the API, and HTTP on the pod's IP."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import httpx
@@ -16,7 +17,7 @@ from .procs import wait_until
 pytestmark = pytest.mark.cluster
 
 
-def pod_yaml(name: str, app: str = "kt", grace_s: int = 30) -> str:
+def pod_yaml(name: str, app: str = "kt", grace_s: int = 30, probe_path: str = "/health") -> str:
     return yaml.safe_dump({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -26,7 +27,7 @@ def pod_yaml(name: str, app: str = "kt", grace_s: int = 30) -> str:
             "terminationGracePeriodSeconds": grace_s,
             "containers": [{"name": "model", "image": "maitred/sim:test", "args": ["--model", "m"],
                             "ports": [{"containerPort": 8000}],
-                            "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}}}],
+                            "readinessProbe": {"httpGet": {"path": probe_path, "port": 8000}}}],
         },
     })
 
@@ -122,3 +123,24 @@ def test_pods_outside_the_selector_are_left_alone(kubectl, namespace, make_kubel
     other = get_pod(kubectl, namespace, "other")
     assert not other["spec"].get("nodeName") and other["status"]["phase"] == "Pending"
     assert list(kubelet.backends()) == ["mine"]
+
+
+def test_the_backend_command_is_a_parameter(kubectl, namespace, make_kubelet):
+    # Any server will do: here Python's own, serving a folder listing on "/".
+    make_kubelet(command=[sys.executable, "-m", "http.server", "--bind", "{ip}", "{port}"])
+    kubectl("apply", "-n", namespace, "-f", "-", input=pod_yaml("plain", probe_path="/"))
+    kubectl("wait", "-n", namespace, "pod/plain", "--for=condition=Ready", "--timeout=60s", timeout_s=70)
+
+    ip = get_pod(kubectl, namespace, "plain")["status"]["podIP"]
+    assert httpx.get(f"http://{ip}:8000/", timeout=5).status_code == 200
+
+
+def test_a_backend_that_cannot_start_keeps_its_pod_not_ready(kubectl, namespace, make_kubelet):
+    kubelet = make_kubelet(command=["/nonexistent/model-server", "--port", "{port}"])
+    kubectl("apply", "-n", namespace, "-f", "-", input=pod_yaml("broken"))
+
+    wait_until(lambda: (get_pod(kubectl, namespace, "broken") or {}).get("status", {}).get("phase") == "Running",
+               30, "pod bound and reported")
+    time.sleep(1.5)
+    assert not ready(get_pod(kubectl, namespace, "broken"))
+    assert "cannot start" in kubelet.log_path.read_text()
