@@ -1,0 +1,182 @@
+"""The objects a pool owns, as plain manifests: pure functions of the pool, ready for server-side apply.
+
+Per pool ``<name>``:
+
+- Deployment ``<name>`` of the pool's template (template mode only), with ``spec.replicas`` replicas;
+- ConfigMap ``<name>-routing``, key ``table.json``: the routing table;
+- Deployment and Service ``<name>-router``: ``maitred router --configmap <ns>/<name>-routing``;
+- ServiceAccount, Role and RoleBinding ``<name>-router``: the router may read its one ConfigMap, nothing else.
+
+Every child carries an ownerReference to its pool (controller, blockOwnerDeletion), so that deleting the
+pool lets the garbage collector remove them all; no finalizer is needed for that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from maitred.operator import models
+from maitred.operator.models import LabelSelector, PoolSpec
+from maitred.operator.routing import effective_selector
+from maitred.operator.selectors import POOL_LABEL
+from maitred.router.table import RoutingTable
+
+DEFAULT_ROUTER_IMAGE = "ghcr.io/maitred/maitred:0.1.0"
+TABLE_KEY = "table.json"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "maitred"}
+#: Labels the router's pods carry; never POOL_LABEL, which may be the pool's own selector.
+ROUTER_LABEL = "maitred.dev/router-of"
+
+
+@dataclass(frozen=True)
+class PoolRef:
+    """Which pool: namespace, name, uid (for ownerReferences) and generation."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def from_body(cls, body: dict) -> "PoolRef":
+        """From a pool object as the API returns it."""
+        meta = body["metadata"]
+        return cls(meta["namespace"], meta["name"], meta.get("uid", ""), meta.get("generation"))
+
+
+def routing_configmap_name(pool: str) -> str:
+    """Name of the pool's routing-table ConfigMap."""
+    return f"{pool}-routing"
+
+
+def router_name(pool: str) -> str:
+    """Name of the pool's router Deployment, Service, ServiceAccount, Role and RoleBinding."""
+    return f"{pool}-router"
+
+
+def owner_reference(pool: PoolRef) -> dict:
+    """The ownerReference that ties a child to `pool` (the garbage collector deletes the child with it)."""
+    return {"apiVersion": models.API_VERSION, "kind": models.KIND, "name": pool.name, "uid": pool.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(pool: PoolRef, name: str, component: str, **extra: Any) -> dict:
+    labels = {**MANAGED_BY, "app.kubernetes.io/name": "maitred", "app.kubernetes.io/instance": pool.name,
+              "app.kubernetes.io/component": component}
+    return {"name": name, "namespace": pool.namespace, "labels": labels,
+            "ownerReferences": [owner_reference(pool)], **extra}
+
+
+def selector_dict(selector: LabelSelector) -> dict:
+    """A selector as the Kubernetes API spells it (empty parts left out)."""
+    return selector.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+def build_deployment(pool: PoolRef, spec: PoolSpec) -> dict | None:
+    """The Deployment of the pool's template (None without a template).
+
+    The pods get the selector's matchLabels and ``maitred.dev/pool: <name>``, so that the selector matches
+    them; the API server refuses the Deployment if matchExpressions still do not (the pool says so).
+    """
+    if spec.template is None:
+        return None
+    selector = effective_selector(spec, pool.name)
+    template = spec.template.model_dump(mode="json", by_alias=True, exclude_none=True)
+    meta = template.setdefault("metadata", {})
+    meta["labels"] = {**meta.get("labels", {}), **selector.match_labels, POOL_LABEL: pool.name}
+    if not meta.get("annotations"):
+        meta.pop("annotations", None)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(pool, pool.name, "replicas"),
+        "spec": {"replicas": spec.replicas, "selector": selector_dict(selector), "template": template},
+    }
+
+
+def build_configmap(pool: PoolRef, table: RoutingTable) -> dict:
+    """The ConfigMap ``<name>-routing`` holding `table` under ``table.json``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(pool, routing_configmap_name(pool.name), "routing-table"),
+        "data": {TABLE_KEY: table.to_json().decode()},
+    }
+
+
+def _router_labels(pool: PoolRef) -> dict:
+    return {ROUTER_LABEL: pool.name, "app.kubernetes.io/component": "router"}
+
+
+def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE) -> dict:
+    """The router Deployment ``<name>-router``: reads the table from the API, probes on /healthz and /readyz."""
+    router = spec.router
+    container: dict[str, Any] = {
+        "name": "router",
+        "image": router.image or image,
+        "command": ["maitred"],
+        "args": ["router", "--configmap", f"{pool.namespace}/{routing_configmap_name(pool.name)}",
+                 "--host", "0.0.0.0", "--port", str(router.port)],
+        "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
+        # Alive as soon as it serves; ready only with a table that has a live endpoint.
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
+    }
+    if router.resources is not None:
+        container["resources"] = router.resources.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    labels = _router_labels(pool)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(pool, router_name(pool.name), "router"),
+        "spec": {
+            "replicas": router.replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": {**labels, "app.kubernetes.io/name": "maitred"}},
+                "spec": {"serviceAccountName": router_name(pool.name), "containers": [container]},
+            },
+        },
+    }
+
+
+def build_service(pool: PoolRef, spec: PoolSpec) -> dict:
+    """The Service ``<name>-router`` in front of the router's pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(pool, router_name(pool.name), "router"),
+        "spec": {
+            "type": spec.router.service_type,
+            "selector": _router_labels(pool),
+            "ports": [{"name": "http", "port": spec.router.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_router_rbac(pool: PoolRef) -> list[dict]:
+    """ServiceAccount, Role and RoleBinding ``<name>-router``: get/list/watch of the one routing ConfigMap."""
+    name = router_name(pool.name)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(pool, name, "router")},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _metadata(pool, name, "router"),
+         "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                    "resourceNames": [routing_configmap_name(pool.name)], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": _metadata(pool, name, "router"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": pool.namespace}]},
+    ]
+
+
+def build_children(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE) -> list[dict]:
+    """Every child but the ConfigMap, in the order to apply them (RBAC before the pods that use it)."""
+    children = [*build_router_rbac(pool), build_router_deployment(pool, spec, image), build_service(pool, spec)]
+    deployment = build_deployment(pool, spec)
+    return ([deployment] if deployment else []) + children

@@ -1,0 +1,55 @@
+"""`maitred operator`: run the AIServicePool operator (kopf) against the cluster of the kubeconfig or in-cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from maitred.operator.children import DEFAULT_ROUTER_IMAGE
+
+
+def operator_command(
+    namespace: Annotated[Optional[list[str]], typer.Option(
+        "--namespace", "-n", help="Namespace to watch (repeatable). Default: all namespaces.")] = None,
+    router_image: Annotated[str, typer.Option(help="Image of the pools' router Deployments (a pool's"
+                                              " spec.router.image wins).")] = DEFAULT_ROUTER_IMAGE,
+    kubeconfig: Annotated[Optional[Path], typer.Option(help="Kubeconfig (default: $KUBECONFIG, else the"
+                                                       " in-cluster service account).")] = None,
+    peering: Annotated[str, typer.Option(help="Name of the kopf peering object shared by the replicas.")] = "maitred",
+    standalone: Annotated[bool, typer.Option("--standalone", help="No peering: for a single replica, or"
+                                             " when the peering CRDs are not installed.")] = False,
+    priority: Annotated[Optional[int], typer.Option(help="Peering priority: the live replica with the highest"
+                                                    " acts, the others wait. Default: random, so that"
+                                                    " replicas never tie (a tie pauses them all).")] = None,
+    liveness: Annotated[Optional[str], typer.Option(help="Serve a liveness probe, e.g."
+                                                    " http://0.0.0.0:8081/healthz.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the operator: pools' pods in, routing tables, routers and status out."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+    if kubeconfig is not None:
+        # kopf logs in by itself, from $KUBECONFIG like kubectl; our own client reads the same file.
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+
+    import kopf  # here: `maitred --help` should not pay for importing kopf
+
+    from maitred.operator import handlers  # noqa: F401  (registers the handlers)
+
+    namespaces = list(namespace or ())
+    memo = kopf.Memo(router_image=router_image, kubeconfig=str(kubeconfig) if kubeconfig else None,
+                     peering_name=None if standalone else peering, namespaces=namespaces)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=standalone,
+        peering_name=None if standalone else peering,
+        priority=priority if priority is not None else random.randint(1, 1_000_000),
+        liveness_endpoint=liveness,
+        memo=memo,
+    )

@@ -1,0 +1,97 @@
+"""The kopf handlers: tiny, they only route events to the pools' workers (:mod:`maitred.operator.workers`).
+
+- a pool's events start, kick or stop its worker;
+- a pod's events kick the pools that it belongs to, or belonged to at their last reconcile (a pod
+  relabelled out of a selector must leave the table);
+- a child's deletion kicks its owner, which writes it again.
+
+All of them are ``on.event`` handlers, so kopf keeps no state on the pools and adds no finalizer: the
+children go with their pool through ownerReferences. With peering, kopf stops delivering events to an
+operator that another one of higher priority outranks, so a standby replica never acts.
+
+Shared objects (the API client, the workers, the router image) live in kopf's ``memo``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from maitred.operator import models
+from maitred.operator.kube import Kube
+from maitred.operator.peering import ensure_peering
+from maitred.operator.reconcile import reconcile_pool
+from maitred.operator.workers import PoolWorker, Pools
+
+log = logging.getLogger("maitred.operator")
+
+MANAGED = {"app.kubernetes.io/managed-by": "maitred"}
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+    settings.posting.level = logging.WARNING  # our own Events say what happened; not every log line
+    settings.watching.server_timeout = 270  # re-watch now and then, as kubectl does
+    settings.batching.batch_window = 0.05  # s: a pod's event reaches its pool's table fast
+    memo.kube = await Kube.connect(memo.get("kubeconfig"))
+    memo.pools = Pools(lambda body, worker: _reconcile(memo, body, worker))
+    if memo.get("peering_name") and not settings.peering.standalone:
+        await ensure_peering(memo.kube, memo.peering_name, memo.get("namespaces") or ())
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_) -> None:
+    await memo.pools.stop()
+    await memo.kube.close()
+
+
+@kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
+async def pool_event(type: str, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    if type == "DELETED" or body.metadata.get("deletionTimestamp"):
+        await memo.pools.forget(body.metadata["namespace"], body.metadata["name"])
+    else:
+        memo.pools.upsert(dict(body))
+
+
+@kopf.on.event("", "v1", "pods")
+def pod_event(name: str, namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_) -> None:
+    memo.pools.kick_for_pod(namespace, name, labels)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+@kopf.on.event("", "v1", "configmaps", labels=MANAGED)
+def child_event(type: str, namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_) -> None:
+    if type == "DELETED":
+        for owner in meta.get("ownerReferences") or ():
+            if owner.get("kind") == models.KIND and owner.get("apiVersion") == models.API_VERSION:
+                memo.pools.kick(namespace, owner["name"])
+
+
+async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
+    """Reconcile one pool and tell the user what changed (log lines and Kubernetes Events)."""
+    before = worker.last_status or body.get("status") or {}
+    out = await reconcile_pool(memo.kube, body, router_image=memo.router_image, last_status=worker.last_status)
+    worker.pod_names, worker.last_status = out.pod_names, out.status
+    if out.gone:
+        return True
+    if out.added or out.removed:
+        table = out.table
+        log.info("pool %s: routing table version %d, %d endpoint(s) (added: %s; removed: %s)", worker.key,
+                 table.version, len(table.endpoints), ", ".join(out.added) or "none", ", ".join(out.removed) or "none")
+        if out.added:
+            kopf.info(body, reason="EndpointsAdded", message=f"added to the routing table: {', '.join(out.added)}")
+        if out.removed:
+            kopf.info(body, reason="EndpointsRemoved",
+                      message=f"removed from the routing table: {', '.join(out.removed)}")
+    ready, was_ready = _condition(out.status, "Ready"), _condition(before, "Ready")
+    if ready and ready["status"] != "True" and was_ready.get("reason") != ready["reason"]:
+        kopf.warn(body, reason=ready["reason"], message=ready["message"])  # e.g. NoReadyEndpoints
+    for error in out.errors:
+        log.warning("pool %s: %s", worker.key, error)
+    return out.ok
+
+
+def _condition(status: dict | None, type_: str) -> dict:
+    return next((c for c in (status or {}).get("conditions", ()) if c.get("type") == type_), {})

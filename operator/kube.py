@@ -1,0 +1,110 @@
+"""The operator's few Kubernetes API calls, as plain JSON in and out (a thin shell around `kubernetes_asyncio`).
+
+Plain dicts rather than the client's models, so that the pure functions get exactly what the API sends,
+fields the client does not know included. Children are written with server-side apply (field manager
+``maitred-operator``), which creates what is missing and changes only what differs: idempotent, so a
+reconcile may run any number of times, after a restart too, and never duplicates a child.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from maitred.operator import models
+from maitred.router.sources import kube_api_client
+
+FIELD_MANAGER = "maitred-operator"
+REQUEST_TIMEOUT_S = 30
+
+_PLURALS = {"ConfigMap": "configmaps", "Service": "services", "ServiceAccount": "serviceaccounts",
+            "Pod": "pods", "Event": "events", "Deployment": "deployments", "Role": "roles",
+            "RoleBinding": "rolebindings", models.KIND: models.PLURAL}
+
+
+class ApiError(Exception):
+    """The API server refused a request: `status` (HTTP), `reason` (e.g. NotFound, Invalid) and its message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason, self.message = status, reason, message
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
+    """The REST path of a namespaced object (or of its collection when `name` is empty)."""
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{_PLURALS[kind]}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    """An API connection. Build it with :meth:`connect`; :meth:`close` it."""
+
+    def __init__(self, api_client) -> None:
+        self.api = api_client
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | Path | None = None) -> "Kube":
+        """Connect with `kubeconfig`, else $KUBECONFIG, else the in-cluster service account."""
+        return cls(await kube_api_client(kubeconfig))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> dict:
+        """One API call; returns the JSON answer. Raises :class:`ApiError` for any non-2xx status."""
+        resp = await self.api.call_api(
+            path, method, query_params=query or [], header_params={"Content-Type": content_type,
+                                                                   "Accept": "application/json"},
+            body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S)
+        async with resp:
+            raw = await resp.read()
+            if 200 <= resp.status < 300:
+                return orjson.loads(raw) if raw else {}
+        try:
+            status = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            status = {"message": raw.decode(errors="replace")[:500]}
+        raise ApiError(resp.status, status.get("reason", ""), status.get("message", ""))
+
+    async def get(self, path: str) -> dict | None:
+        """The object at `path`, or None if there is none."""
+        try:
+            return await self.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict]:
+        """The pods of `namespace` that match `label_selector` (string form), read fresh from the API server."""
+        listing = await self.request("GET", object_path("v1", "Pod", namespace),
+                                     query=[("labelSelector", label_selector)])
+        return listing.get("items") or []
+
+    async def apply(self, manifest: dict) -> dict:
+        """Server-side apply `manifest` (create or update; fields it sets become ours). Returns the object."""
+        meta = manifest["metadata"]
+        path = object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        return await self.request("PATCH", path, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                                  body=manifest, content_type="application/apply-patch+yaml")
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Delete that object, only if it still has `uid`; a missing object is fine."""
+        path = object_path(api_version, kind, namespace, name)
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid},
+                "propagationPolicy": "Background"}
+        try:
+            await self.request("DELETE", path, body=body)
+        except ApiError as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    async def patch_pool_status(self, namespace: str, name: str, status: dict) -> dict:
+        """Merge-patch the pool's status subresource (lists in it are replaced whole)."""
+        path = object_path(models.API_VERSION, models.KIND, namespace, name) + "/status"
+        return await self.request("PATCH", path, body={"status": status},
+                                  content_type="application/merge-patch+json")

@@ -1,0 +1,227 @@
+"""The AIServicePool resource (maitred.dev/v1alpha1) as pydantic models: the spec a user writes, the status the operator reports.
+
+These models are the single source of the CRD's schema (:mod:`maitred.operator.crd` generates it, a test
+checks that ``crds/`` agrees), and the operator parses every pool with them. The health-check, retry and
+timeout blocks are the router's own models from :mod:`maitred.router.table`, so a pool's settings reach
+the routing table unchanged. Field names are camelCase on the wire, as in Kubernetes.
+
+CEL rules sit beside the fields they check (``x-kubernetes-validations``), so that ``kubectl apply`` of a
+bad pool fails with a message that names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from maitred.router.table import HealthCheck, Method, Retries, Timeouts
+
+GROUP = "maitred.dev"
+VERSION = "v1alpha1"
+KIND = "AIServicePool"
+PLURAL = "aiservicepools"
+SINGULAR = "aiservicepool"
+SHORT_NAMES = ("aisp",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Bounds that keep the CEL rules' estimated cost within the API server's budget.
+MAX_LABELS = 64
+MAX_ITEMS = 256
+
+
+def _cel(rule: str, message: str, field_path: str | None = None, reason: str = "FieldValueInvalid") -> dict:
+    """One ``x-kubernetes-validations`` entry."""
+    entry = {"rule": rule, "message": message, "reason": reason}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def _rules(*rules: dict) -> dict:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+Labels = dict[str, str]
+
+
+class LabelSelectorRequirement(_Model):
+    """One set-based requirement, as in Kubernetes: `key` `operator` `values`."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(
+        _cel("self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0)"
+             " : (!has(self.values) || size(self.values) == 0)",
+             "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist", ".values"),
+    ))
+
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = Field(default=(), max_length=MAX_ITEMS)
+
+
+class LabelSelector(_Model):
+    """A Kubernetes label selector: all of matchLabels and all of matchExpressions must hold."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(
+        _cel("(has(self.matchLabels) && size(self.matchLabels) > 0)"
+             " || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+             "selector must not be empty: give matchLabels or matchExpressions (an empty selector would match"
+             " every pod in the namespace)", reason="FieldValueRequired"),
+    ))
+
+    match_labels: Labels = Field(default_factory=dict, json_schema_extra={"maxProperties": MAX_LABELS})
+    match_expressions: tuple[LabelSelectorRequirement, ...] = Field(default=(), max_length=MAX_LABELS)
+
+
+class StaticEndpoint(_Model):
+    """An upstream outside the cluster (or any fixed URL), routed to beside the pool's pods."""
+
+    url: str = Field(pattern=r"^https?://[^/\s]+(/.*)?$", max_length=2048,
+                     description="base URL, e.g. http://10.1.2.3:8000")
+    weight: int = Field(default=1, ge=0, description="relative share for `weighted`; 0 takes no traffic")
+
+
+class WeightRule(_Model):
+    """Pods that match `selector` get `weight` (the first matching rule wins; pods no rule matches get 1)."""
+
+    selector: LabelSelector
+    weight: int = Field(ge=0)
+
+
+class Balancing(_Model):
+    """How the router picks an endpoint: a method of the router, and per-pod weights by labels."""
+
+    method: Method = "least-connections"
+    weights: tuple[WeightRule, ...] = Field(default=(), max_length=MAX_LABELS)
+
+
+Quantity = int | str
+
+
+class Resources(_Model):
+    """Compute resources of a container, as in Kubernetes (`cpu: 500m`, `memory: 256Mi`)."""
+
+    limits: dict[str, Quantity] = Field(default_factory=dict, json_schema_extra={"maxProperties": 16})
+    requests: dict[str, Quantity] = Field(default_factory=dict, json_schema_extra={"maxProperties": 16})
+
+
+class RouterSpec(_Model):
+    """The pool's router Deployment and Service (`<pool>-router`)."""
+
+    replicas: int = Field(default=2, ge=0)
+    port: int = Field(default=8080, ge=1, le=65535)
+    image: str | None = Field(default=None, min_length=1, description="default: the operator's --router-image")
+    resources: Resources | None = None
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+
+
+class TemplateMetadata(_Model):
+    """The labels and annotations of the replicas' pods."""
+
+    model_config = ConfigDict(extra="allow")
+
+    labels: Labels = Field(default_factory=dict, json_schema_extra={"maxProperties": MAX_LABELS})
+    annotations: Labels = Field(default_factory=dict)
+
+
+class PodTemplate(_Model):
+    """A pod template, as in a Deployment; `spec` is a Kubernetes PodSpec, checked by the API server."""
+
+    model_config = ConfigDict(extra="allow")
+
+    metadata: TemplateMetadata = Field(default_factory=TemplateMetadata)
+    spec: dict[str, Any] = Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
+_PORT_RULE = _cel(
+    "type(self) == int ? (self >= 1 && self <= 65535) : self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')"
+    " && self.matches('[a-z]') && size(self) <= 15",
+    "port must be a number in 1..65535 or the name of a container port (an IANA service name)")
+
+_TEMPLATE_MATCHES_SELECTOR = _cel(
+    "!has(self.template) || !has(self.selector) || !has(self.selector.matchLabels)"
+    " || self.selector.matchLabels.all(k, has(self.template.metadata) && has(self.template.metadata.labels)"
+    " && k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k])",
+    "the template's labels must include every label of selector.matchLabels, with the same value",
+    ".template.metadata.labels")
+
+_SOMETHING_TO_ROUTE_TO = _cel(
+    "has(self.selector) || has(self.template) || (has(self.endpoints) && size(self.endpoints) > 0)",
+    "at least one of selector, template or endpoints is required", reason="FieldValueRequired")
+
+
+class PoolSpec(_Model):
+    """What a pool routes to and how.
+
+    Replicas come from pods that match `selector`, or from a Deployment of `template` that the operator
+    owns (with `replicas` replicas; the selector defaults to the pool's own label), plus the static
+    `endpoints`. Raises :class:`pydantic.ValidationError` on a bad spec (the CRD refuses most of those first).
+    """
+
+    model_config = ConfigDict(json_schema_extra=_rules(_SOMETHING_TO_ROUTE_TO, _TEMPLATE_MATCHES_SELECTOR))
+
+    replicas: int = Field(default=1, ge=0, description="replicas of the template's Deployment (scale subresource)")
+    selector: LabelSelector | None = Field(default=None, description=(
+        "the pods that are the pool's replicas (matchLabels and matchExpressions, as in a Deployment);"
+        " with a template and no selector, the pool's own label maitred.dev/pool=<name>"))
+    template: PodTemplate | None = Field(default=None, description=(
+        "a pod template: maitred then owns a Deployment <name> of it with `replicas` replicas"))
+    endpoints: tuple[StaticEndpoint, ...] = Field(default=(), max_length=MAX_ITEMS,
+                                                  description="static upstreams [{url, weight}], routed to beside the pods")
+    port: int | str = Field(default=8000, json_schema_extra=_rules(_PORT_RULE),
+                            description="the replicas' port: a number, or a container port's name")
+    models: tuple[str, ...] = Field(default=(), max_length=MAX_ITEMS,
+                                    description="served model names; requests for others get 404")
+    balancing: Balancing = Field(default=Balancing(), description=(
+        "method: the router's balancing method; weights: [{selector, weight}], the first rule that matches a pod"
+        " gives its weight (1 if none does)"))
+    health_check: HealthCheck = Field(default=HealthCheck(), description=(
+        "the router's active checks: GET path every periodSeconds, eject an endpoint after failureThreshold"
+        " failures, take it back after successThreshold successes"))
+    retries: Retries = Field(default=Retries(), description=(
+        "retries on another endpoint before the first byte reached the client: attempts after the first try"
+        " (0: off), perTryTimeoutSeconds to response headers, onStatus: backend statuses worth a retry"))
+    timeouts: Timeouts = Field(default=Timeouts(), description=(
+        "upstream timeouts in seconds: connectSeconds, idleSeconds between two chunks, requestSeconds in all"))
+    router: RouterSpec = Field(default=RouterSpec(), description=(
+        "the router Deployment and Service <name>-router: replicas, port, image, resources, serviceType"))
+
+
+class EndpointStatus(_Model):
+    """One endpoint of the routing table, as `kubectl get aisp -o yaml` shows it."""
+
+    name: str
+    address: str = Field(description="host:port")
+    ready: bool = True
+    weight: int = 1
+
+
+class Condition(_Model):
+    """A standard Kubernetes condition (metav1.Condition)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str = Field(description="RFC 3339, UTC")
+
+
+class PoolStatus(_Model):
+    """What the operator observed; `replicas` and `selector` serve the scale subresource (HPA, kubectl scale)."""
+
+    observed_generation: int | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    selector: str = Field(default="", description="label selector in string form (app=x,tier in (a,b))")
+    ready: str = Field(default="", description="readyReplicas/desired, for kubectl get")
+    endpoint_count: int = 0
+    table_version: int = 0
+    endpoints: tuple[EndpointStatus, ...] = ()
+    conditions: tuple[Condition, ...] = Field(default=(), json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})

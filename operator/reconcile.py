@@ -1,0 +1,159 @@
+"""One reconcile of one pool: read the world, compute what it should be with the pure functions, write the difference.
+
+Level-triggered: it reads the pool's pods fresh from the API server (a LIST with the pool's selector, so a
+pod deleted while a watch was down can never linger) and the table in force from the ConfigMap, never a
+remembered diff, so any number of runs in any order, before or after a restart, converge on the same
+objects and the same table version.
+
+Order: the routing table first (what pod events wait for), then the children, then the status. A child
+that cannot be written does not stop the others; its error goes into the Degraded condition and the
+caller retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pydantic
+
+from maitred.operator.children import (
+    TABLE_KEY, PoolRef, build_children, build_configmap, routing_configmap_name)
+from maitred.operator.kube import ApiError, Kube, object_path
+from maitred.operator.models import PoolSpec
+from maitred.operator.routing import build_routing_table, effective_selector, endpoint_statuses, selected_pods, versioned
+from maitred.operator.selectors import to_string
+from maitred.operator.status import Observation, compute_status, status_patch
+from maitred.router.table import RoutingTable, TableError, parse_table
+
+log = logging.getLogger("maitred.operator")
+
+
+@dataclass
+class Outcome:
+    """What a reconcile did: the table in force, the endpoints it added and removed, errors, the status written."""
+
+    table: RoutingTable | None = None
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    errors: list[str] = field(default_factory=list)
+    status: dict | None = None
+    pod_names: frozenset[str] = frozenset()
+    gone: bool = False  # the pool no longer exists
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def keep_last_good(fresh: RoutingTable, previous: RoutingTable | None, spec: PoolSpec) -> bool:
+    """True when `fresh` has no endpoint but `previous` had some and the pool was not scaled to 0 on purpose.
+
+    Then the router keeps routing to the last endpoints known good (its health checks eject the dead ones)
+    rather than to nothing.
+    """
+    scaled_to_zero = spec.template is not None and spec.replicas == 0 and not spec.endpoints
+    return not fresh.endpoints and previous is not None and bool(previous.endpoints) and not scaled_to_zero
+
+
+def table_in_configmap(configmap: dict | None) -> RoutingTable | None:
+    """The table a ConfigMap holds, or None if it holds none (or a bad one)."""
+    raw = ((configmap or {}).get("data") or {}).get(TABLE_KEY)
+    if raw is None:
+        return None
+    try:
+        return parse_table(raw)
+    except TableError:
+        return None
+
+
+async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_status: dict | None = None) -> Outcome:
+    """Bring the pool `body` (as the API returns it) and its children to their desired state. See the module doc.
+
+    Raises only for errors that are not the API server's answer (network, timeouts): the caller retries.
+    """
+    pool = PoolRef.from_body(body)
+    out = Outcome()
+    try:
+        spec = PoolSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError as exc:
+        out.errors.append(f"invalid spec: {_first_error(exc)}")
+        await _write_status(kube, pool, body, out, last_status,
+                            Observation(generation=pool.generation, desired=0, matched=0, ready=0,
+                                        error=out.errors[0]))
+        return out
+
+    selector = effective_selector(spec, pool.name)
+    selector_text = to_string(selector) if selector else ""
+    pods = await kube.list_pods(pool.namespace, selector_text) if selector else []
+    selected = selected_pods(spec, pool.name, pods)
+    out.pod_names = frozenset(p["metadata"]["name"] for p in selected)
+
+    configmap_path = object_path("v1", "ConfigMap", pool.namespace, routing_configmap_name(pool.name))
+    previous = table_in_configmap(await kube.get(configmap_path))
+    fresh = build_routing_table(spec, pods, pool=pool.key, previous=previous)
+    kept = keep_last_good(fresh, previous, spec)
+    table = versioned(fresh.model_copy(update={"endpoints": previous.endpoints}), previous) if kept else fresh
+    await _apply(kube, build_configmap(pool, table), out)
+    if out.errors:  # the table was not written: the one in the ConfigMap (if any) stays in force
+        out.table = previous
+    else:
+        before = {e.id for e in previous.endpoints} if previous else set()
+        after = {e.id for e in table.endpoints}
+        out.table, out.added, out.removed = table, tuple(sorted(after - before)), tuple(sorted(before - after))
+
+    for child in build_children(pool, spec, router_image):
+        await _apply(kube, child, out)
+    if spec.template is None:
+        await _prune_replicas(kube, pool)
+
+    in_force = out.table
+    pod_endpoints = sum(1 for e in fresh.endpoints if e.id in out.pod_names)
+    obs = Observation(
+        generation=pool.generation,
+        desired=spec.replicas if spec.template is not None else len(selected),
+        matched=len(selected), ready=pod_endpoints, managed=spec.template is not None, static=len(fresh.endpoints) - pod_endpoints,
+        table_endpoints=len(in_force.endpoints) if in_force else 0,
+        table_version=in_force.version if in_force else 0,
+        kept_last_good=kept, error="; ".join(out.errors) or None, selector=selector_text,
+        endpoints=endpoint_statuses(spec, pool.name, pods, fresh))
+    await _write_status(kube, pool, body, out, last_status, obs)
+    return out
+
+
+async def _apply(kube: Kube, manifest: dict, out: Outcome) -> None:
+    try:
+        await kube.apply(manifest)
+    except ApiError as exc:
+        out.errors.append(f"{manifest['kind']} {manifest['metadata']['name']}: {exc.message or exc}")
+
+
+async def _prune_replicas(kube: Kube, pool: PoolRef) -> None:
+    """Delete the template's Deployment that this pool owned, now that its spec has no template."""
+    deployment = await kube.get(object_path("apps/v1", "Deployment", pool.namespace, pool.name))
+    owners = ((deployment or {}).get("metadata") or {}).get("ownerReferences") or ()
+    if any(o.get("uid") == pool.uid and o.get("controller") for o in owners):
+        log.info("pool %s has no template any more: deleting its Deployment", pool.key)
+        await kube.delete("apps/v1", "Deployment", pool.namespace, pool.name, deployment["metadata"]["uid"])
+
+
+async def _write_status(kube: Kube, pool: PoolRef, body: dict, out: Outcome, last_status: dict | None,
+                        obs: Observation) -> None:
+    """Write the status if it differs from both the pool's and the one this process wrote last."""
+    current = body.get("status") or {}
+    status = status_patch(compute_status(obs, last_status or current))
+    out.status = status
+    if status == current or status == last_status:
+        return
+    try:
+        await kube.patch_pool_status(pool.namespace, pool.name, status)
+    except ApiError as exc:
+        if exc.status == 404:
+            out.gone = True
+            return
+        out.errors.append(f"status: {exc.message or exc}")
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"

@@ -1,0 +1,105 @@
+"""A pool's status from what the operator observed: replicas, endpoints and the Ready/Progressing/Degraded conditions.
+
+Pure functions of an :class:`Observation` and the previous conditions (which only lend their
+``lastTransitionTime`` when a condition's status has not changed), so that the same world gives the same
+status and an unchanged status is never written again.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from maitred.operator.models import Condition, EndpointStatus, PoolStatus
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one reconcile saw and did.
+
+    `desired`: the replicas wanted (the template's `replicas`; for a selector alone, the pods it matches);
+    `managed`: the operator owns the replicas (template mode), so `desired` 0 is a choice, not a fault.
+    `matched`: pods that match the selector and are not terminating; `ready`: those in the table.
+    `static`: static endpoints. `table_endpoints`/`table_version`: the table in force (maybe the last good
+    one, kept: `kept_last_good`). `error`: why a write failed, if one did. `selector`: string form.
+    """
+
+    generation: int | None
+    desired: int
+    matched: int
+    ready: int
+    managed: bool = False
+    static: int = 0
+    table_endpoints: int = 0
+    table_version: int = 0
+    kept_last_good: bool = False
+    error: str | None = None
+    selector: str = ""
+    endpoints: tuple[EndpointStatus, ...] = field(default=())
+
+
+def now_rfc3339() -> str:
+    """The current UTC time, to the second, as Kubernetes writes it (2025-01-31T12:00:00Z)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def compute_conditions(obs: Observation, previous: Iterable[Mapping[str, Any]] = (), now: str = "") -> tuple[Condition, ...]:
+    """Ready, Progressing and Degraded for `obs`; `now` stamps the conditions whose status changed."""
+    now = now or now_rfc3339()
+    serving = obs.ready + obs.static
+    if serving:
+        ready = ("True", "EndpointsReady", f"{serving} endpoint(s) in the routing table")
+    elif obs.matched:
+        ready = ("False", "NoReadyEndpoints", f"{obs.matched} pod(s) match the selector, none is Ready")
+    elif obs.managed and obs.desired == 0:
+        ready = ("False", "ScaledToZero", "the pool has 0 replicas")
+    else:
+        ready = ("False", "NoMatchingPods", "no pod matches the selector" if obs.selector else "no endpoint")
+    if obs.kept_last_good and not serving:
+        ready = (ready[0], ready[1], ready[2] + f"; keeping the last good routing table (version {obs.table_version})")
+
+    if obs.ready < obs.desired:
+        progressing = ("True", "WaitingForPods", f"{obs.ready} of {obs.desired} replica(s) ready")
+    elif obs.matched > obs.desired:
+        progressing = ("True", "ScalingDown", f"{obs.matched} pod(s) for {obs.desired} replica(s)")
+    else:
+        progressing = ("False", "AllReplicasReady", f"{obs.ready} of {obs.desired} replica(s) ready")
+
+    if obs.error:
+        degraded = ("True", "ReconcileFailed", obs.error)
+    elif ready[0] == "False" and ready[1] != "ScaledToZero":
+        degraded = ("True", ready[1], ready[2])
+    else:
+        degraded = ("False", "AsExpected", "")
+
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for type_, (status, reason, message) in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded)):
+        old = before.get(type_) or {}
+        since = old.get("lastTransitionTime") if old.get("status") == status and old.get("lastTransitionTime") else now
+        out.append(Condition(type=type_, status=status, reason=reason, message=message,
+                             observed_generation=obs.generation, last_transition_time=since))
+    return tuple(out)
+
+
+def compute_status(obs: Observation, previous: Mapping[str, Any] | None = None, now: str = "") -> PoolStatus:
+    """The pool's whole ``status`` for `obs`, given the `previous` status (a dict, or None)."""
+    conditions = compute_conditions(obs, (previous or {}).get("conditions") or (), now)
+    return PoolStatus(
+        observed_generation=obs.generation,
+        replicas=obs.matched,
+        ready_replicas=obs.ready,
+        selector=obs.selector,
+        ready=f"{obs.ready}/{obs.desired}",
+        endpoint_count=obs.table_endpoints,
+        table_version=obs.table_version,
+        endpoints=obs.endpoints,
+        conditions=conditions,
+    )
+
+
+def status_patch(status: PoolStatus) -> dict:
+    """`status` as the camelCase dict to write (fields that are None are left out)."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,142 @@
+"""One worker per pool: runs reconciles one at a time, coalescing the kicks that arrive meanwhile, retrying on failure.
+
+Events only *kick* a pool; the worker then reconciles from the current state of the world (level-triggered).
+Ten pod events during one reconcile cause one more reconcile, not ten. A failed reconcile is tried again
+after a backoff that doubles (0.5 s to 30 s), and at once on the next kick. Workers of different pools are
+independent tasks, so one bad pool never stops the operator from serving the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from maitred.operator.models import LabelSelector, PoolSpec
+from maitred.operator.routing import effective_selector
+from maitred.operator.selectors import matches
+
+log = logging.getLogger("maitred.operator")
+
+#: Backoff after a failed reconcile, in s: from the first, doubling, to the last.
+RETRY_BACKOFF_S = (0.5, 30.0)
+
+#: reconcile(body, worker) -> True if it succeeded.
+Reconcile = Callable[[dict, "PoolWorker"], Awaitable[bool]]
+
+
+class PoolWorker:
+    """The worker of one pool (`key` = namespace/name). `body` is the newest pool object seen.
+
+    `pod_names` (the pods the last reconcile selected) and `last_status` (the status it wrote) are kept so
+    that a pod's event kicks only the pools it belongs or belonged to, and an unchanged status is not
+    written twice.
+    """
+
+    def __init__(self, key: str, body: dict, reconcile: Reconcile) -> None:
+        self.key = key
+        self.body = body
+        self.pod_names: frozenset[str] = frozenset()
+        self.last_status: dict | None = None
+        self._reconcile = reconcile
+        self._kicked = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._selector: tuple[int | None, LabelSelector | None] = (None, None)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"pool {self.key}")
+
+    async def stop(self) -> None:
+        """Cancel the worker and wait for it (a reconcile in progress is interrupted at its next await)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def kick(self) -> None:
+        """Ask for a reconcile (soon, after the one in progress if any)."""
+        self._kicked.set()
+
+    def selector(self) -> LabelSelector | None:
+        """The pool's pod selector (parsed once per generation; None if static-only or invalid)."""
+        generation = self.body.get("metadata", {}).get("generation")
+        if self._selector[0] != generation:
+            try:
+                spec = PoolSpec.model_validate(self.body.get("spec") or {})
+                selected = effective_selector(spec, self.body["metadata"]["name"])
+            except ValueError:
+                selected = None
+            self._selector = (generation, selected)
+        return self._selector[1]
+
+    def wants_pod(self, name: str, labels: Mapping[str, str]) -> bool:
+        """True if pod `name` with `labels` is, or was at the last reconcile, one of this pool's pods."""
+        if name in self.pod_names:
+            return True
+        selector = self.selector()
+        return selector is not None and matches(selector, labels)
+
+    async def _run(self) -> None:
+        delay_s: float | None = None
+        while True:
+            try:
+                await asyncio.wait_for(self._kicked.wait(), delay_s)
+            except TimeoutError:
+                pass  # time to retry
+            self._kicked.clear()
+            try:
+                ok = await self._reconcile(self.body, self)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # network trouble, timeouts, a bug: log, keep the worker, retry
+                log.warning("pool %s: reconcile failed: %s: %s", self.key, type(exc).__name__, exc)
+                ok = False
+            if ok:
+                delay_s = None
+            else:
+                delay_s = RETRY_BACKOFF_S[0] if delay_s is None else min(delay_s * 2, RETRY_BACKOFF_S[1])
+
+
+class Pools:
+    """The workers of all known pools, by namespace/name."""
+
+    def __init__(self, reconcile: Reconcile) -> None:
+        self._reconcile = reconcile
+        self.workers: dict[str, PoolWorker] = {}
+
+    def upsert(self, body: dict) -> PoolWorker:
+        """Remember the newest `body` of a pool and kick its worker (started if new)."""
+        key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        worker = self.workers.get(key)
+        if worker is None or worker.body.get("metadata", {}).get("uid") != body["metadata"].get("uid"):
+            if worker is not None:  # deleted and created again meanwhile: a new pool
+                asyncio.create_task(worker.stop())
+            worker = self.workers[key] = PoolWorker(key, body, self._reconcile)
+            worker.start()
+        worker.body = body
+        worker.kick()
+        return worker
+
+    async def forget(self, namespace: str, name: str) -> None:
+        """Stop the worker of a deleted pool."""
+        worker = self.workers.pop(f"{namespace}/{name}", None)
+        if worker is not None:
+            await worker.stop()
+
+    def kick(self, namespace: str, name: str) -> None:
+        """Kick one pool, if known."""
+        worker = self.workers.get(f"{namespace}/{name}")
+        if worker is not None:
+            worker.kick()
+
+    def kick_for_pod(self, namespace: str, name: str, labels: Mapping[str, str]) -> list[str]:
+        """Kick the pools that pod `name` belongs or belonged to; returns their keys."""
+        prefix = f"{namespace}/"
+        kicked = [w for key, w in self.workers.items() if key.startswith(prefix) and w.wants_pod(name, labels)]
+        for worker in kicked:
+            worker.kick()
+        return [w.key for w in kicked]
+
+    async def stop(self) -> None:
+        """Stop every worker."""
+        workers, self.workers = list(self.workers.values()), {}
+        await asyncio.gather(*(w.stop() for w in workers))

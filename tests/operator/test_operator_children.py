@@ -1,0 +1,112 @@
+"""The children of a pool as manifests: owned by the pool, named after it, wired to each other."""
+
+from __future__ import annotations
+
+import orjson
+
+from maitred.operator.children import (
+    PoolRef, build_children, build_configmap, build_deployment, build_router_deployment, build_service)
+from maitred.operator.models import PoolSpec
+from maitred.operator.routing import build_routing_table
+from maitred.operator.selectors import matches
+
+POOL = PoolRef(namespace="ml", name="llama", uid="u-1", generation=1)
+TEMPLATE = {"metadata": {"labels": {"app": "llama", "team": "a"}},
+            "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai", "ports": [{"containerPort": 8000}]}]}}
+
+
+def pool_spec(**kw) -> PoolSpec:
+    return PoolSpec.model_validate({"selector": {"matchLabels": {"app": "llama"}}, "template": TEMPLATE, **kw})
+
+
+def test_every_child_is_owned_by_the_pool_as_its_controller():
+    for child in build_children(POOL, pool_spec()) + [build_configmap(POOL, build_routing_table(pool_spec(), []))]:
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("AIServicePool", "llama", "u-1", True)
+        assert child["metadata"]["namespace"] == "ml"
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "maitred"
+
+
+def test_the_deployment_runs_the_template_with_the_pool_replicas_and_its_pods_match_the_selector():
+    deployment = build_deployment(POOL, pool_spec(replicas=4))
+
+    assert deployment["metadata"]["name"] == "llama"
+    assert deployment["spec"]["replicas"] == 4
+    assert deployment["spec"]["selector"] == {"matchLabels": {"app": "llama"}}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels == {"app": "llama", "team": "a", "maitred.dev/pool": "llama"}
+    assert deployment["spec"]["template"]["spec"] == TEMPLATE["spec"]
+
+
+def test_a_template_without_selector_gets_the_pool_label_as_selector():
+    spec = PoolSpec.model_validate({"template": TEMPLATE})
+
+    deployment = build_deployment(POOL, spec)
+
+    assert deployment["spec"]["selector"] == {"matchLabels": {"maitred.dev/pool": "llama"}}
+    assert deployment["spec"]["template"]["metadata"]["labels"]["maitred.dev/pool"] == "llama"
+
+
+def test_no_template_no_deployment():
+    assert build_deployment(POOL, PoolSpec.model_validate({"selector": {"matchLabels": {"app": "x"}}})) is None
+
+
+def test_the_router_reads_its_configmap_and_is_probed_on_healthz_and_readyz():
+    spec = pool_spec(router={"replicas": 3, "port": 9090, "resources": {"limits": {"cpu": "1"}}})
+
+    router = build_router_deployment(POOL, spec, image="registry.local/maitred:dev")
+
+    pod = router["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert router["metadata"]["name"] == "llama-router" and router["spec"]["replicas"] == 3
+    assert container["image"] == "registry.local/maitred:dev"
+    assert container["args"][:3] == ["router", "--configmap", "ml/llama-routing"]
+    assert container["args"][-2:] == ["--port", "9090"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["resources"] == {"limits": {"cpu": "1"}}
+    assert pod["serviceAccountName"] == "llama-router"
+
+
+def test_a_pool_router_image_wins_over_the_operator_default():
+    spec = pool_spec(router={"image": "mine:1"})
+
+    assert build_router_deployment(POOL, spec, image="default:1")["spec"]["template"]["spec"]["containers"][0][
+        "image"] == "mine:1"
+
+
+def test_the_router_pods_are_never_selected_as_replicas():
+    """A template-only pool selects maitred.dev/pool=<name>: its router's pods must not carry that label."""
+    spec = PoolSpec.model_validate({"template": TEMPLATE})
+    router_labels = build_router_deployment(POOL, spec)["spec"]["template"]["metadata"]["labels"]
+    replica_selector = build_deployment(POOL, spec)["spec"]["selector"]
+
+    assert not matches(PoolSpec.model_validate({"selector": replica_selector, "template": TEMPLATE}).selector,
+                       router_labels)
+
+
+def test_the_service_selects_the_router_pods_on_the_router_port():
+    spec = pool_spec(router={"port": 9090, "serviceType": "NodePort"})
+    service = build_service(POOL, spec)
+    router_labels = build_router_deployment(POOL, spec)["spec"]["template"]["metadata"]["labels"]
+
+    assert service["metadata"]["name"] == "llama-router"
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["ports"][0]["port"] == 9090
+    assert all(router_labels[k] == v for k, v in service["spec"]["selector"].items())
+
+
+def test_the_configmap_holds_the_table_as_the_router_reads_it():
+    table = build_routing_table(pool_spec(), [], pool="ml/llama")
+
+    configmap = build_configmap(POOL, table)
+
+    assert configmap["metadata"]["name"] == "llama-routing"
+    assert orjson.loads(configmap["data"]["table.json"])["pool"] == "ml/llama"
+
+
+def test_the_router_may_read_its_own_configmap_and_nothing_else():
+    role = next(c for c in build_children(POOL, pool_spec()) if c["kind"] == "Role")
+
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["llama-routing"],
+                              "verbs": ["get", "list", "watch"]}]
