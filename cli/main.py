@@ -9,10 +9,12 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="maitred: a l
 
 def _register() -> None:
     # Each subcommand lives beside the code it runs; importing here keeps `maitred --help` cheap.
+    from maitred.operator.cli import operator_command
     from maitred.router.cli import router_command
     from maitred.sim.cli import sim_command
 
     app.command("router", help="Run the router in front of a pool's endpoints.")(router_command)
+    app.command("operator", help="Run the AIServicePool operator (kopf).")(operator_command)
 
     app.command("sim", help="Run a simulated OpenAI/vLLM-compatible model server.")(sim_command)
 
