@@ -12,11 +12,15 @@ import uvicorn
 from maitred.router.app import create_app
 from maitred.router.core import Router
 from maitred.router.proxy import DEFAULT_MAX_BODY_BYTES
-from maitred.router.sources import watch_file
+from maitred.router.sources import watch_configmap, watch_file
 
 
 def router_command(
     table: Path = typer.Option(None, "--table", help="Routing-table JSON file; reloaded when it changes."),
+    configmap: str = typer.Option(None, "--configmap", metavar="NS/NAME",
+                                  help="Routing-table ConfigMap (key table.json), watched through the Kubernetes API."),
+    kubeconfig: Path = typer.Option(None, "--kubeconfig", help="Kubeconfig for --configmap (default: $KUBECONFIG,"
+                                    " else the in-cluster service account)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8080, help="Port to listen on."),
     max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, help="Largest request body accepted, in bytes (413 past it)."),
@@ -24,12 +28,23 @@ def router_command(
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run the router in front of a pool's endpoints."""
-    if table is None:
-        raise typer.BadParameter("give --table FILE", param_hint="--table")
+    source = _table_source(table, configmap, kubeconfig)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("maitred.access").setLevel(logging.INFO if access_log else logging.WARNING)
     router = Router(max_body_bytes=max_body_bytes)
-    app = create_app(router, source=functools.partial(watch_file, table))
+    app = create_app(router, source=source)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
                 server_header=False, date_header=False, log_level=log_level, backlog=4096,
                 timeout_keep_alive=75)
+
+
+def _table_source(table: Path | None, configmap: str | None, kubeconfig: Path | None):
+    """The table source the options ask for: exactly one of --table and --configmap."""
+    if (table is None) == (configmap is None):
+        raise typer.BadParameter("give exactly one of --table FILE and --configmap NS/NAME", param_hint="--table")
+    if table is not None:
+        return functools.partial(watch_file, table)
+    namespace, _, name = configmap.partition("/")
+    if not namespace or not name or "/" in name:
+        raise typer.BadParameter(f"{configmap!r} is not NAMESPACE/NAME", param_hint="--configmap")
+    return functools.partial(watch_configmap, namespace, name, kubeconfig=kubeconfig)
