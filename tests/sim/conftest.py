@@ -1,7 +1,8 @@
 """Fixtures for the simulator tests: real `maitred sim` processes on free 127.0.0.x ports, always stopped.
 
 - `start_sim(*flags)`: start one for this test; returns a `SimProcess` once it accepts connections.
-- `start_module_sim(*flags)`: the same, shared by a module's tests.
+- `start_module_sim(*flags)`: the same, shared by a module's tests; `.many([flags], [flags])` starts several
+  at once.
 - `sim`: one default simulator shared by a module's tests (tests that change its faults put them back).
 """
 
@@ -78,10 +79,17 @@ class Starter:
         self.started: list[SimProcess] = []
 
     def __call__(self, *flags: str) -> SimProcess:
-        sim = SimProcess(list(flags), self.folder / f"sim{len(self.started)}.log")
-        self.started.append(sim)
-        sim.wait_ready()
-        return sim
+        return self.many(list(flags))[0]
+
+    def many(self, *flag_lists: list[str]) -> list[SimProcess]:
+        """Start several at once (they import in parallel), return them once all listen."""
+        sims = []
+        for flags in flag_lists:
+            sims.append(SimProcess(flags, self.folder / f"sim{len(self.started)}.log"))
+            self.started.append(sims[-1])
+        for sim in sims:
+            sim.wait_ready()
+        return sims
 
     def stop_all(self) -> None:
         for sim in self.started:

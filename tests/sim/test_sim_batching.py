@@ -43,14 +43,19 @@ def completion(max_tokens: int) -> dict:
 
 
 def test_six_requests_with_two_slots_run_two_at_a_time_in_fifo_order(small_sim):
-    # 80 tokens at ~11.5 ms a step: each pair runs ~0.9 s; the six are sent 80 ms apart, all within 0.4 s.
+    # 100 tokens at ~11.5 ms a step: each pair runs ~1.15 s. Each request is sent once the server holds the
+    # previous one, and 50 ms later, so the arrival order is known and the first tokens are >= 50 ms apart.
     async def one(client: httpx.AsyncClient, start: float, times: dict, index: int) -> None:
-        async with client.stream("POST", "/v1/completions", json=completion(80)) as response:
+        async with client.stream("POST", "/v1/completions", json=completion(100)) as response:
             assert response.status_code == 200
             async for line in response.aiter_lines():
                 if line.startswith("data: ") and index not in times:
                     times[index] = [time.monotonic() - start, None]
             times[index][1] = time.monotonic() - start
+
+    async def held(client: httpx.AsyncClient) -> float:
+        running, waiting = await queue_lengths(client)
+        return running + waiting
 
     async def main():
         times: dict[int, list] = {}
@@ -59,8 +64,10 @@ def test_six_requests_with_two_slots_run_two_at_a_time_in_fifo_order(small_sim):
             tasks = []
             for index in range(6):
                 tasks.append(asyncio.create_task(one(client, start, times, index)))
-                await asyncio.sleep(0.08)
-            await wait_for_queue(client, (2, 4), timeout_s=0.4)
+                while await held(client) < index + 1:
+                    await asyncio.sleep(0.005)
+                await asyncio.sleep(0.05)
+            assert await queue_lengths(client) == (2, 4)
             await asyncio.gather(*tasks)
             assert await queue_lengths(client) == (0, 0)
         return [times[i] for i in range(6)]
