@@ -1,8 +1,10 @@
 """least-connections: the endpoint with the fewest requests in flight.
 
-Ties are broken by rotation: the scan starts one place further each pick, so equally loaded
-endpoints share the traffic instead of the first one taking it all. O(n) per pick, which is
-cheaper than keeping a heap in step for the handful of replicas a pool has.
+Ties are broken by rotation among the tied endpoints only: each pick takes the next of them in
+turn, so equally loaded endpoints share the traffic evenly. (Rotating the start of the scan
+instead is not even: with a, b idle and c busy, a scan starting at c lands on a, so a got two
+picks in three.) O(n) per pick, which is cheaper than keeping a heap in step for the handful of
+replicas a pool has.
 """
 
 from __future__ import annotations
@@ -22,15 +24,12 @@ class LeastConnections:
     name = "least-connections"
 
     def __init__(self, rng: random.Random, clock: Callable[[], float]) -> None:
-        self._start = rng.randrange(1 << 16)
+        # A random first turn, so that router replicas do not all send their first request to one endpoint.
+        self._turn = rng.randrange(1 << 16)
 
     def pick(self, endpoints: Sequence[EndpointState], request: Any = None) -> EndpointState:
-        """The endpoint with the fewest in flight; among equals, the first from a rotating start."""
-        n = len(endpoints)
-        self._start += 1
-        best = endpoints[self._start % n]
-        for i in range(1, n):
-            candidate = endpoints[(self._start + i) % n]
-            if candidate.in_flight < best.in_flight:
-                best = candidate
-        return best
+        """The endpoint with the fewest in flight; among equals, each in turn."""
+        fewest = min(e.in_flight for e in endpoints)
+        tied = [e for e in endpoints if e.in_flight == fewest]
+        self._turn += 1
+        return tied[self._turn % len(tied)]
