@@ -33,9 +33,12 @@ def router_command(
     logging.getLogger("maitred.access").setLevel(logging.INFO if access_log else logging.WARNING)
     router = Router(max_body_bytes=max_body_bytes)
     app = create_app(router, source=source)
+    # proxy_headers=False: the proxy appends the peer's address to X-Forwarded-For itself. With
+    # uvicorn's default, a peer on 127.0.0.1 (a sidecar) had its X-Forwarded-For taken as the
+    # client, so the router appended the client twice and lost the hop.
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
                 server_header=False, date_header=False, log_level=log_level, backlog=4096,
-                timeout_keep_alive=75)
+                timeout_keep_alive=75, proxy_headers=False)
 
 
 def _table_source(table: Path | None, configmap: str | None, kubeconfig: Path | None):
