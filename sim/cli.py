@@ -16,7 +16,8 @@ _TIMING = "Timing"
 def sim_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    model: Annotated[Optional[list[str]], typer.Option(help="Served model name (repeatable). [default: sim-model]")] = None,
+    model: Annotated[Optional[list[str]],
+                     typer.Option(help="Served model name (repeatable). [default: sim-model]")] = None,
     speed: Annotated[float, typer.Option(help="Speed factor: 2.0 runs twice as fast, 0.5 twice as slow.",
                                          rich_help_panel=_TIMING)] = 1.0,
     zero_latency: Annotated[bool, typer.Option("--zero-latency", help="Engine steps take no time (benchmarks).",

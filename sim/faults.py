@@ -29,9 +29,11 @@ class Faults:
         """Merge `patch` (FaultConfig fields) into the faults and return the result.
 
         Raises pydantic.ValidationError for unknown fields or bad values, RuntimeError if `refuse_connections`
-        is asked for but no listening server is attached. Nothing changes when it raises.
+        is asked for but no listening server is attached, or asked to be undone. Nothing changes when it raises.
         """
         merged = FaultConfig.model_validate({**self.config.model_dump(), **patch})
+        if self.config.refuse_connections and not merged.refuse_connections:
+            raise RuntimeError("the listening sockets are closed for good; restart the simulator")
         if merged.refuse_connections and not self.config.refuse_connections:
             self._listener.stop_accepting()
         self.config = merged
