@@ -9,6 +9,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="maitred: a l
 
 def _register() -> None:
     # Each subcommand lives beside the code it runs; importing here keeps `maitred --help` cheap.
+    from maitred.cli.demo import demo_command
     from maitred.operator.cli import operator_command
     from maitred.router.cli import router_command
     from maitred.sim.cli import sim_command
@@ -16,6 +17,7 @@ def _register() -> None:
     app.command("router", help="Run the router in front of a pool's endpoints.")(router_command)
     app.command("operator", help="Run the AIServicePool operator (kopf).")(operator_command)
 
+    app.command("demo", help="Run three simulated replicas and the router, and compare balancing methods.")(demo_command)
     app.command("sim", help="Run a simulated OpenAI/vLLM-compatible model server.")(sim_command)
 
 

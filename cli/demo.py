@@ -1,0 +1,227 @@
+"""`maitred demo`: three simulated replicas, the router, and real OpenAI traffic through each method.
+
+Replica c runs at half the speed of a and b, so the methods differ visibly: round-robin gives it a
+third of the requests regardless; least-connections and least-response-time send it fewer because
+its requests stay in flight longer; weighted follows the table's weights (2:2:1). Finally replica a
+is killed mid-run, and requests keep succeeding on b and c.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from maitred.cli.processes import ProcessGroup, free_port, wait_until_up
+
+HOST = "127.0.0.1"
+MODEL = "demo-llama-8b"
+METHODS = ("round-robin", "least-connections", "weighted", "least-response-time")
+REPLICAS = {"replica-a": 1.0, "replica-b": 1.0, "replica-c": 0.5}  # name -> speed (c is twice as slow)
+WEIGHTS = {"replica-a": 2, "replica-b": 2, "replica-c": 1}
+SYSTEM_PROMPT = "You are a helpful assistant for a busy restaurant. Answer briefly and politely. " * 8
+LONG_CONTEXT = " ".join(f"Course {i}: a seasonal dish with herbs, butter and a glass of wine." for i in range(120))
+
+
+@dataclass(slots=True)
+class Result:
+    """One request as the client saw it; times in s."""
+
+    endpoint: str
+    ok: bool
+    e2e_s: float
+    ttft_s: float | None = None
+    error: str = ""
+
+
+def demo_command(
+    requests: int = typer.Option(120, help="Requests per balancing method."),
+    concurrency: int = typer.Option(16, help="Requests in flight at once."),
+    seed: int = typer.Option(7, help="Seed of the request mix."),
+) -> None:
+    """Run three simulated replicas and the router on 127.0.0.1, and drive traffic through each method."""
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="maitred-demo-") as tmp, ProcessGroup(Path(tmp)) as procs:
+        workdir = Path(tmp)
+        urls = _start_replicas(procs)
+        table_path = workdir / "table.json"
+        router_port = free_port(HOST)
+        _write_table(table_path, urls, "round-robin", version=1)
+        procs.maitred("router", "router", "--table", str(table_path), "--host", HOST, "--port", str(router_port),
+                      "--log-level", "warning")
+        router_url = f"http://{HOST}:{router_port}"
+        wait_until_up(router_url + "/readyz")
+        console.print(f"[bold]maitred demo[/]: replicas {', '.join(f'{n} ({s:g}x speed)' for n, s in REPLICAS.items())}"
+                      f", router at {router_url}, logs in {workdir}")
+        results = asyncio.run(_run(router_url, table_path, urls, requests, concurrency, seed, procs, console))
+        console.print(_method_table(results))
+        console.print(_failover_table(results["failover"]))
+
+
+def _start_replicas(procs: ProcessGroup) -> dict[str, str]:
+    urls = {}
+    for i, (name, speed) in enumerate(REPLICAS.items()):
+        port = free_port(HOST)
+        procs.maitred(name, "sim", "--host", HOST, "--port", str(port), "--model", MODEL, "--speed", str(speed),
+                      "--seed", str(i), "--log-level", "warning")
+        urls[name] = f"http://{HOST}:{port}"
+    for url in urls.values():
+        wait_until_up(url + "/health")
+    return urls
+
+
+def _write_table(path: Path, urls: dict[str, str], method: str, version: int) -> None:
+    """Write the routing table atomically, as the operator does, so the router never reads half a file."""
+    table = {"pool": "demo/llama-8b", "version": version, "method": method, "models": [MODEL],
+             "endpoints": [{"id": n, "url": u, "weight": WEIGHTS[n]} for n, u in urls.items()],
+             "healthCheck": {"path": "/health", "periodSeconds": 0.5, "timeoutSeconds": 1, "failureThreshold": 2},
+             "retries": {"attempts": 2}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table))
+    os.replace(tmp, path)
+
+
+async def _wait_for_version(router_url: str, version: int) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(100):
+            table = (await http.get(router_url + "/debug/table")).json()["table"]
+            if table and table["version"] == version:
+                return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"the router did not load table version {version}")
+
+
+async def _run(router_url, table_path, urls, requests, concurrency, seed, procs, console) -> dict:
+    client = openai.AsyncOpenAI(base_url=router_url + "/v1", api_key="demo", max_retries=0, timeout=60)
+    rng = random.Random(seed)
+    results: dict[str, list[Result]] = {}
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        for version, method in enumerate(METHODS, start=2):
+            _write_table(table_path, urls, method, version)
+            await _wait_for_version(router_url, version)
+            task = progress.add_task(method, total=requests)
+            results[method] = await _load(client, rng, requests, concurrency, lambda: progress.advance(task))
+        _write_table(table_path, urls, "least-connections", len(METHODS) + 2)
+        await _wait_for_version(router_url, len(METHODS) + 2)
+        task = progress.add_task("failover (kill a)", total=requests)
+        done = 0
+
+        def advance() -> None:
+            nonlocal done
+            done += 1
+            progress.advance(task)
+            if done == requests // 3:
+                procs.kill("replica-a")
+                progress.update(task, description="failover (a killed)")
+
+        results["failover"] = await _load(client, rng, requests, concurrency, advance)
+    await client.close()
+    return results
+
+
+async def _load(client, rng: random.Random, total: int, concurrency: int, on_done) -> list[Result]:
+    """Send `total` mixed requests, `concurrency` at a time."""
+    plans = [_plan(rng) for _ in range(total)]
+    queue: asyncio.Queue = asyncio.Queue()
+    for plan in plans:
+        queue.put_nowait(plan)
+    results: list[Result] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            plan = queue.get_nowait()
+            results.append(await _one(client, plan))
+            on_done()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+def _plan(rng: random.Random) -> dict:
+    """One request of the mix: 60% streamed chat, 25% chat, 15% completions; a fifth with a long prompt."""
+    kind = rng.choices(("stream", "chat", "completion"), weights=(60, 25, 15))[0]
+    question = f"Which table is free for {rng.randint(2, 8)} guests at {rng.randint(6, 10)} pm?"
+    if rng.random() < 0.2:
+        question = LONG_CONTEXT + " " + question
+    return {"kind": kind, "question": question, "max_tokens": rng.randint(16, 64)}
+
+
+async def _one(client: openai.AsyncOpenAI, plan: dict) -> Result:
+    started = time.perf_counter()
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": plan["question"]}]
+    try:
+        if plan["kind"] == "stream":
+            stream = await client.chat.completions.create(model=MODEL, messages=messages, stream=True,
+                                                          max_tokens=plan["max_tokens"])
+            ttft = None
+            async for _chunk in stream:
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+            return Result(stream.response.headers.get("x-maitred-endpoint", "?"), True,
+                          time.perf_counter() - started, ttft)
+        if plan["kind"] == "chat":
+            raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=messages,
+                                                                        max_tokens=plan["max_tokens"])
+        else:
+            raw = await client.completions.with_raw_response.create(model=MODEL, prompt=plan["question"],
+                                                                   max_tokens=plan["max_tokens"])
+        raw.parse()
+        return Result(raw.headers.get("x-maitred-endpoint", "?"), True, time.perf_counter() - started)
+    except openai.APIError as exc:
+        return Result(getattr(getattr(exc, "response", None), "headers", {}).get("x-maitred-endpoint", "?"),
+                      False, time.perf_counter() - started, error=type(exc).__name__)
+
+
+def _ms(values: list[float], q: float) -> str:
+    if not values:
+        return "-"
+    values = sorted(values)
+    return f"{values[min(len(values) - 1, int(q * len(values)))] * 1000:.0f}"
+
+
+def _method_table(results: dict[str, list[Result]]) -> Table:
+    table = Table(title="Requests by method and replica (TTFT on streamed requests; times in ms)")
+    for column in ("method", "replica", "share", "TTFT p50", "TTFT p99", "e2e p50", "e2e p99", "errors"):
+        table.add_column(column, justify="left" if column in ("method", "replica") else "right")
+    for method in METHODS:
+        rows = results[method]
+        for i, replica in enumerate(REPLICAS):
+            mine = [r for r in rows if r.endpoint == replica]
+            table.add_row(method if i == 0 else "", f"{replica} ({REPLICAS[replica]:g}x)",
+                          f"{100 * len(mine) / len(rows):.0f}%",
+                          _ms([r.ttft_s for r in mine if r.ok and r.ttft_s is not None], 0.5),
+                          _ms([r.ttft_s for r in mine if r.ok and r.ttft_s is not None], 0.99),
+                          _ms([r.e2e_s for r in mine if r.ok], 0.5), _ms([r.e2e_s for r in mine if r.ok], 0.99),
+                          str(sum(not r.ok for r in mine)), end_section=i == len(REPLICAS) - 1)
+        all_ok = [r.e2e_s for r in rows if r.ok]
+        table.add_row("", "[bold]all[/]", "100%", "", "", _ms(all_ok, 0.5), _ms(all_ok, 0.99),
+                      str(sum(not r.ok for r in rows)), end_section=True)
+    return table
+
+
+def _failover_table(rows: list[Result]) -> Table:
+    table = Table(title="Failover: replica-a killed a third of the way through (least-connections)")
+    for column in ("replica", "requests", "succeeded", "failed", "e2e p50 (ms)"):
+        table.add_column(column, justify="left" if column == "replica" else "right")
+    for replica in (*REPLICAS, "?"):
+        mine = [r for r in rows if r.endpoint == replica]
+        if mine:
+            table.add_row(replica, str(len(mine)), str(sum(r.ok for r in mine)), str(sum(not r.ok for r in mine)),
+                          _ms([r.e2e_s for r in mine if r.ok], 0.5))
+    ok = sum(r.ok for r in rows)
+    table.caption = f"{ok} of {len(rows)} requests succeeded ({statistics.mean(r.ok for r in rows):.1%})."
+    return table
