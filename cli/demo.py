@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ from maitred.cli.processes import ProcessGroup, free_port, wait_until_up
 HOST = "127.0.0.1"
 MODEL = "demo-llama-8b"
 METHODS = ("round-robin", "least-connections", "weighted", "least-response-time")
-REPLICAS = {"replica-a": 1.0, "replica-b": 1.0, "replica-c": 0.5}  # name -> speed (c is twice as slow)
-WEIGHTS = {"replica-a": 2, "replica-b": 2, "replica-c": 1}
+REPLICAS = {"a": 1.0, "b": 1.0, "c": 0.5}  # replica name -> speed (c is twice as slow)
+WEIGHTS = {"a": 2, "b": 2, "c": 1}
 SYSTEM_PROMPT = "You are a helpful assistant for a busy restaurant. Answer briefly and politely. " * 8
 LONG_CONTEXT = " ".join(f"Course {i}: a seasonal dish with herbs, butter and a glass of wine." for i in range(120))
 
@@ -45,6 +44,7 @@ class Result:
     e2e_s: float
     ttft_s: float | None = None
     error: str = ""
+    started_at: float = 0.0  # time.perf_counter() when sent
 
 
 def demo_command(
@@ -68,14 +68,14 @@ def demo_command(
                       f", router at {router_url}, logs in {workdir}")
         results = asyncio.run(_run(router_url, table_path, urls, requests, concurrency, seed, procs, console))
         console.print(_method_table(results))
-        console.print(_failover_table(results["failover"]))
+        console.print(_failover_table(results["failover"], results["killed_at"]))
 
 
 def _start_replicas(procs: ProcessGroup) -> dict[str, str]:
     urls = {}
     for i, (name, speed) in enumerate(REPLICAS.items()):
         port = free_port(HOST)
-        procs.maitred(name, "sim", "--host", HOST, "--port", str(port), "--model", MODEL, "--speed", str(speed),
+        procs.maitred(f"replica-{name}", "sim", "--host", HOST, "--port", str(port), "--model", MODEL, "--speed", str(speed),
                       "--seed", str(i), "--log-level", "warning")
         urls[name] = f"http://{HOST}:{port}"
     for url in urls.values():
@@ -119,16 +119,19 @@ async def _run(router_url, table_path, urls, requests, concurrency, seed, procs,
         await _wait_for_version(router_url, len(METHODS) + 2)
         task = progress.add_task("failover (kill a)", total=requests)
         done = 0
+        killed_at = float("inf")
 
         def advance() -> None:
-            nonlocal done
+            nonlocal done, killed_at
             done += 1
             progress.advance(task)
             if done == requests // 3:
                 procs.kill("replica-a")
+                killed_at = time.perf_counter()
                 progress.update(task, description="failover (a killed)")
 
         results["failover"] = await _load(client, rng, requests, concurrency, advance)
+        results["killed_at"] = killed_at
     await client.close()
     return results
 
@@ -144,7 +147,10 @@ async def _load(client, rng: random.Random, total: int, concurrency: int, on_don
     async def worker() -> None:
         while not queue.empty():
             plan = queue.get_nowait()
-            results.append(await _one(client, plan))
+            started_at = time.perf_counter()
+            result = await _one(client, plan)
+            result.started_at = started_at
+            results.append(result)
             on_done()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -162,17 +168,18 @@ def _plan(rng: random.Random) -> dict:
 
 async def _one(client: openai.AsyncOpenAI, plan: dict) -> Result:
     started = time.perf_counter()
+    endpoint = "?"
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": plan["question"]}]
     try:
         if plan["kind"] == "stream":
             stream = await client.chat.completions.create(model=MODEL, messages=messages, stream=True,
                                                           max_tokens=plan["max_tokens"])
+            endpoint = stream.response.headers.get("x-maitred-endpoint", "?")
             ttft = None
             async for _chunk in stream:
                 if ttft is None:
                     ttft = time.perf_counter() - started
-            return Result(stream.response.headers.get("x-maitred-endpoint", "?"), True,
-                          time.perf_counter() - started, ttft)
+            return Result(endpoint, True, time.perf_counter() - started, ttft)
         if plan["kind"] == "chat":
             raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=messages,
                                                                         max_tokens=plan["max_tokens"])
@@ -182,8 +189,10 @@ async def _one(client: openai.AsyncOpenAI, plan: dict) -> Result:
         raw.parse()
         return Result(raw.headers.get("x-maitred-endpoint", "?"), True, time.perf_counter() - started)
     except openai.APIError as exc:
-        return Result(getattr(getattr(exc, "response", None), "headers", {}).get("x-maitred-endpoint", "?"),
-                      False, time.perf_counter() - started, error=type(exc).__name__)
+        response = getattr(exc, "response", None)
+        if response is not None:
+            endpoint = response.headers.get("x-maitred-endpoint", endpoint)
+        return Result(endpoint, False, time.perf_counter() - started, error=str(exc))
 
 
 def _ms(values: list[float], q: float) -> str:
@@ -195,33 +204,39 @@ def _ms(values: list[float], q: float) -> str:
 
 def _method_table(results: dict[str, list[Result]]) -> Table:
     table = Table(title="Requests by method and replica (TTFT on streamed requests; times in ms)")
-    for column in ("method", "replica", "share", "TTFT p50", "TTFT p99", "e2e p50", "e2e p99", "errors"):
-        table.add_column(column, justify="left" if column in ("method", "replica") else "right")
+    for column in ("method", "replica", "share", "TTFT\np50", "TTFT\np99", "e2e\np50", "e2e\np99", "errors"):
+        table.add_column(column, justify="left" if column in ("method", "replica") else "right", no_wrap=True)
     for method in METHODS:
         rows = results[method]
         for i, replica in enumerate(REPLICAS):
             mine = [r for r in rows if r.endpoint == replica]
-            table.add_row(method if i == 0 else "", f"{replica} ({REPLICAS[replica]:g}x)",
+            table.add_row(method if i == 0 else "", f"{replica} {REPLICAS[replica]:g}x",
                           f"{100 * len(mine) / len(rows):.0f}%",
                           _ms([r.ttft_s for r in mine if r.ok and r.ttft_s is not None], 0.5),
                           _ms([r.ttft_s for r in mine if r.ok and r.ttft_s is not None], 0.99),
                           _ms([r.e2e_s for r in mine if r.ok], 0.5), _ms([r.e2e_s for r in mine if r.ok], 0.99),
                           str(sum(not r.ok for r in mine)), end_section=i == len(REPLICAS) - 1)
         all_ok = [r.e2e_s for r in rows if r.ok]
-        table.add_row("", "[bold]all[/]", "100%", "", "", _ms(all_ok, 0.5), _ms(all_ok, 0.99),
+        table.add_row("", "[bold]all[/]", "", "", "", _ms(all_ok, 0.5), _ms(all_ok, 0.99),
                       str(sum(not r.ok for r in rows)), end_section=True)
     return table
 
 
-def _failover_table(rows: list[Result]) -> Table:
-    table = Table(title="Failover: replica-a killed a third of the way through (least-connections)")
-    for column in ("replica", "requests", "succeeded", "failed", "e2e p50 (ms)"):
+def _failover_table(rows: list[Result], killed_at: float) -> Table:
+    table = Table(title="Failover: replica a killed a third of the way through (least-connections)")
+    for column in ("replica", "sent before the kill", "failed", "sent after the kill", "failed "):
         table.add_column(column, justify="left" if column == "replica" else "right")
+    before = [r for r in rows if r.started_at < killed_at]
+    after = [r for r in rows if r.started_at >= killed_at]
     for replica in (*REPLICAS, "?"):
-        mine = [r for r in rows if r.endpoint == replica]
-        if mine:
-            table.add_row(replica, str(len(mine)), str(sum(r.ok for r in mine)), str(sum(not r.ok for r in mine)),
-                          _ms([r.e2e_s for r in mine if r.ok], 0.5))
-    ok = sum(r.ok for r in rows)
-    table.caption = f"{ok} of {len(rows)} requests succeeded ({statistics.mean(r.ok for r in rows):.1%})."
+        mine_before = [r for r in before if r.endpoint == replica]
+        mine_after = [r for r in after if r.endpoint == replica]
+        if mine_before or mine_after:
+            table.add_row(replica, str(len(mine_before)), str(sum(not r.ok for r in mine_before)),
+                          str(len(mine_after)), str(sum(not r.ok for r in mine_after)))
+    table.caption = (
+        f"Sent after the kill: {sum(r.ok for r in after)} of {len(after)} succeeded. Sent before it: "
+        f"{sum(r.ok for r in before)} of {len(before)}; the failures were in flight on a when it died, "
+        "and a stream that has started cannot be retried elsewhere."
+    )
     return table
