@@ -33,6 +33,8 @@ def operator_command(
     """Run the operator: pools' pods in, routing tables, routers and status out."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+    if log_level.lower() != "debug":  # kopf says "Handler 'pod_event' succeeded" for every pod event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if kubeconfig is not None:
         # kopf logs in by itself, from $KUBECONFIG like kubectl; our own client reads the same file.
         os.environ["KUBECONFIG"] = str(kubeconfig)

@@ -81,10 +81,11 @@ async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
         log.info("pool %s: routing table version %d, %d endpoint(s) (added: %s; removed: %s)", worker.key,
                  table.version, len(table.endpoints), ", ".join(out.added) or "none", ", ".join(out.removed) or "none")
         if out.added:
-            kopf.info(body, reason="EndpointsAdded", message=f"added to the routing table: {', '.join(out.added)}")
+            kopf.event(body, type="Normal", reason="EndpointsAdded",
+                       message=f"added to the routing table: {', '.join(out.added)}")
         if out.removed:
-            kopf.info(body, reason="EndpointsRemoved",
-                      message=f"removed from the routing table: {', '.join(out.removed)}")
+            kopf.event(body, type="Normal", reason="EndpointsRemoved",
+                       message=f"removed from the routing table: {', '.join(out.removed)}")
     ready, was_ready = _condition(out.status, "Ready"), _condition(before, "Ready")
     if ready and ready["status"] != "True" and was_ready.get("reason") != ready["reason"]:
         kopf.warn(body, reason=ready["reason"], message=ready["message"])  # e.g. NoReadyEndpoints

@@ -11,7 +11,7 @@ bad pool fails with a message that names the field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -47,7 +47,8 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-Labels = dict[str, str]
+#: Label values are at most 63 characters in Kubernetes; saying so also bounds the CEL rules' cost.
+Labels = dict[str, Annotated[str, Field(max_length=63)]]
 
 
 class LabelSelectorRequirement(_Model):
@@ -126,7 +127,7 @@ class TemplateMetadata(_Model):
     model_config = ConfigDict(extra="allow")
 
     labels: Labels = Field(default_factory=dict, json_schema_extra={"maxProperties": MAX_LABELS})
-    annotations: Labels = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class PodTemplate(_Model):

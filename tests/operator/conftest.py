@@ -1,0 +1,84 @@
+"""Fixtures for the operator's cluster tests (the control plane and the test kubelet come from tests/cluster).
+
+- ``crds`` (session): the AIServicePool and kopf peering CRDs, applied with kubectl;
+- ``pools``: reads and writes of the test namespace's pools (``operator_harness.Pools``);
+- ``operator``: a running ``maitred operator --namespace <test namespace>`` with peering;
+  ``start_operator(**kwargs)`` starts more (all stopped after the test);
+- ``replicas_kubelet``: the test kubelet for every pod of the namespace but the routers' (which
+  the tests run locally instead, as ``start_router``);
+- ``start_router(pool)``: ``maitred router --configmap <ns>/<pool>-routing`` on a loopback address.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from operator_harness import OperatorProcess, Pools, RouterProcess
+
+CRDS = Path(__file__).parents[2] / "crds"
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl) -> None:
+    kubectl("apply", "-f", str(CRDS))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            "crd/aiservicepools.maitred.dev", "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+
+
+@pytest.fixture
+def pools(crds, k8s_api, kubectl, namespace) -> Pools:
+    def in_namespace(*args, **kwargs):
+        return kubectl("-n", namespace, *args, **kwargs)
+
+    return Pools(k8s_api, in_namespace, namespace)
+
+
+@pytest.fixture
+def start_operator(crds, kubeconfig, namespace, tmp_path):
+    started: list[OperatorProcess] = []
+
+    def start(**kwargs) -> OperatorProcess:
+        proc = OperatorProcess(kubeconfig, namespace, tmp_path / f"operator-{len(started)}.log", **kwargs)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def operator(start_operator) -> OperatorProcess:
+    return start_operator()
+
+
+@pytest.fixture
+def replicas_kubelet(make_kubelet):
+    return make_kubelet(label_selector="!maitred.dev/router-of")
+
+
+@pytest.fixture
+def start_router(kubeconfig, namespace, tmp_path):
+    started: list[RouterProcess] = []
+
+    def start(pool: str) -> RouterProcess:
+        proc = RouterProcess(kubeconfig, f"{namespace}/{pool}-routing", tmp_path / f"router-{len(started)}.log")
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """On failure, show the tails of the operator's and routers' logs."""
+    report = yield
+    if report.failed and "tmp_path" in getattr(item, "funcargs", {}):
+        for log in sorted(Path(item.funcargs["tmp_path"]).glob("*.log")):
+            from cluster.procs import tail
+            report.sections.append((f"{log.name} (last 40 lines)", tail(log, 40)))
+    return report
