@@ -251,12 +251,29 @@ class Proxy:
             resp.close()
 
     async def _send_upstream(self, endpoint, scope, body, request_id) -> aiohttp.ClientResponse:
-        """Send the request and wait for response headers (per-try timeout applies here)."""
-        router = self.router
+        """Send the request and wait for response headers (per-try timeout applies here).
+
+        A disconnect before any response is most often a pooled keep-alive connection that the
+        endpoint closed while it sat idle (uvicorn, so vLLM, closes them after 5 s), met just as it
+        was reused. The request is then sent once more, which takes a fresh connection, as HTTP
+        clients do for reused connections (RFC 9112 §9.3.1) and aiohttp does for idempotent methods
+        only. Without it, a request that met such a connection failed: a 503 when the pool has one
+        endpoint, and a failure counted towards ejecting a healthy endpoint. A failure to connect is
+        not resent: the endpoint is down.
+        """
         url = URL(endpoint.url + scope["raw_path"].decode("latin-1")
                   + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""), encoded=True)
         headers = _upstream_headers(scope, request_id)
-        request = router.session.request(scope["method"], url, data=body or None, headers=headers,
+        try:
+            return await self._send_once(url, scope["method"], body, headers)
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return await self._send_once(url, scope["method"], body, headers)
+
+    async def _send_once(self, url, method, body, headers) -> aiohttp.ClientResponse:
+        router = self.router
+        request = router.session.request(method, url, data=body or None, headers=headers,
                                          timeout=router.client_timeout, allow_redirects=False)
         per_try = router.endpoints.table.retries.per_try_timeout_seconds
         if per_try is None:
