@@ -71,11 +71,15 @@ def child_event(type: str, namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_
 
 async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
     """Reconcile one pool and tell the user what changed (log lines and Kubernetes Events)."""
+    first = worker.last_status is None
     before = worker.last_status or body.get("status") or {}
     out = await reconcile_pool(memo.kube, body, router_image=memo.router_image, last_status=worker.last_status)
     worker.pod_names, worker.last_status = out.pod_names, out.status
     if out.gone:
         return True
+    if first and out.table is not None:
+        log.info("pool %s: serving routing table version %d with %d endpoint(s)", worker.key, out.table.version,
+                 len(out.table.endpoints))
     if out.added or out.removed:
         table = out.table
         log.info("pool %s: routing table version %d, %d endpoint(s) (added: %s; removed: %s)", worker.key,

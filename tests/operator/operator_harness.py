@@ -175,6 +175,10 @@ class Pools:
 
     def children(self, name: str) -> dict[str, list[str]]:
         """Names of the pool's children by kind (those carrying the pool's instance label)."""
+        return {kind: sorted(objs) for kind, objs in self.child_uids(name).items()}
+
+    def child_uids(self, name: str) -> dict[str, dict[str, str]]:
+        """uid of each of the pool's children, by kind and name."""
         selector = f"app.kubernetes.io/managed-by=maitred,app.kubernetes.io/instance={name}"
         ns = self.namespace
         rbac = client.RbacAuthorizationV1Api(self.core.api_client)
@@ -186,7 +190,7 @@ class Pools:
             "Role": rbac.list_namespaced_role(ns, label_selector=selector).items,
             "RoleBinding": rbac.list_namespaced_role_binding(ns, label_selector=selector).items,
         }
-        return {kind: sorted(o.metadata.name for o in objs) for kind, objs in found.items() if objs}
+        return {kind: {o.metadata.name: o.metadata.uid for o in objs} for kind, objs in found.items() if objs}
 
 
 def template(app: str, model: str = "m1", grace_s: int = 30) -> dict:

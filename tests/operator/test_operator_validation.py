@@ -1,0 +1,56 @@
+"""Invalid pools are refused by the API server itself (the CRD's schema and CEL rules), naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+SELECTOR = {"selector": {"matchLabels": {"app": "x"}}}
+TEMPLATE_SPEC = {"containers": [{"name": "m", "image": "maitred/sim:test"}]}
+
+INVALID = [
+    ("nothing to route to", {}, "spec", "at least one of selector, template or endpoints"),
+    ("an empty selector", {"selector": {}}, "spec.selector", "must not be empty"),
+    ("an unknown method", {**SELECTOR, "balancing": {"method": "fastest"}}, "spec.balancing.method",
+     'Unsupported value: "fastest"'),
+    ("template labels that miss the selector",
+     {**SELECTOR, "template": {"metadata": {"labels": {"app": "other"}}, "spec": TEMPLATE_SPEC}},
+     "spec.template.metadata.labels", "must include every label of selector.matchLabels"),
+    ("a negative weight",
+     {**SELECTOR, "balancing": {"weights": [{"selector": {"matchLabels": {"a": "b"}}, "weight": -1}]}},
+     "spec.balancing.weights[0].weight", "greater than or equal to 0"),
+    ("a port out of range", {**SELECTOR, "port": 70000}, "spec.port", "1..65535"),
+    ("a port name that is no IANA name", {**SELECTOR, "port": "Not_A_Name"}, "spec.port", "IANA service name"),
+    ("a static endpoint that is no HTTP URL", {"endpoints": [{"url": "ftp://x"}]}, "spec.endpoints[0].url",
+     "should match"),
+    ("In without values", {"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+     "spec.selector.matchExpressions[0].values", "must be non-empty for In and NotIn"),
+    ("negative replicas", {**SELECTOR, "replicas": -1}, "spec.replicas", "greater than or equal to 0"),
+    ("an unknown Service type", {**SELECTOR, "router": {"serviceType": "Ingress"}}, "spec.router.serviceType",
+     'Unsupported value: "Ingress"'),
+    ("a zero health-check period", {**SELECTOR, "healthCheck": {"periodSeconds": 0}},
+     "spec.healthCheck.periodSeconds", "greater than 0"),
+]
+
+
+@pytest.mark.parametrize("what, spec, field, message", INVALID, ids=[case[0] for case in INVALID])
+def test_an_invalid_pool_is_refused_with_a_message_naming_the_field(pools, what, spec, field, message):
+    done = pools.apply("bad", spec, check=False)
+
+    assert done.returncode != 0, f"{what} was accepted"
+    assert f"{field}:" in done.stderr, done.stderr
+    assert message in done.stderr, done.stderr
+    assert pools.kubectl("get", "aisp", "bad", check=False).returncode != 0
+
+
+def test_a_valid_pool_gets_its_defaults_from_the_api_server(pools):
+    pools.apply("ok", SELECTOR)
+
+    spec = pools.get("ok")["spec"]
+
+    assert spec["replicas"] == 1 and spec["port"] == 8000
+    assert spec["balancing"]["method"] == "least-connections"
+    assert spec["healthCheck"] == {"path": "/health", "periodSeconds": 5, "timeoutSeconds": 2,
+                                   "failureThreshold": 3, "successThreshold": 1}
+    assert spec["router"] == {"replicas": 2, "port": 8080, "serviceType": "ClusterIP"}
