@@ -5,6 +5,10 @@
   relabelled out of a selector must leave the table);
 - a child's deletion kicks its owner, which writes it again.
 
+The children depend on the pool's spec alone, so a worker writes them when the spec's generation (or
+the router image) changed since it last wrote them all, after a restart, and when one was deleted;
+pod events only rewrite the table and the status.
+
 All of them are ``on.event`` handlers, so kopf keeps no state on the pools and adds no finalizer: the
 children go with their pool through ownerReferences. With peering, kopf stops delivering events to an
 operator that another one of higher priority outranks, so a standby replica never acts.
@@ -47,11 +51,12 @@ async def stop(memo: kopf.Memo, **_) -> None:
 
 
 @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
-async def pool_event(type: str, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+async def pool_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_) -> None:
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         await memo.pools.forget(body.metadata["namespace"], body.metadata["name"])
     else:
-        memo.pools.upsert(dict(body))
+        # A MODIFIED with the same generation is a status write (most often our own): nothing to do.
+        memo.pools.upsert(dict(body), kick=type != "MODIFIED" or memo.pools.generation_changed(body))
 
 
 @kopf.on.event("", "v1", "pods")
@@ -62,19 +67,23 @@ def pod_event(name: str, namespace: str, labels: kopf.Labels, memo: kopf.Memo, *
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("", "v1", "configmaps", labels=MANAGED)
-def child_event(type: str, namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_) -> None:
+def child_event(type: str | None, namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_) -> None:
     if type == "DELETED":
         for owner in meta.get("ownerReferences") or ():
             if owner.get("kind") == models.KIND and owner.get("apiVersion") == models.API_VERSION:
-                memo.pools.kick(namespace, owner["name"])
+                memo.pools.kick(namespace, owner["name"], with_children=True)
 
 
 async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
     """Reconcile one pool and tell the user what changed (log lines and Kubernetes Events)."""
     first = worker.last_status is None
     before = worker.last_status or body.get("status") or {}
-    out = await reconcile_pool(memo.kube, body, router_image=memo.router_image, last_status=worker.last_status)
+    children_key = (body["metadata"].get("generation"), memo.router_image)
+    out = await reconcile_pool(memo.kube, body, router_image=memo.router_image, last_status=worker.last_status,
+                               with_children=worker.children_applied_for != children_key)
     worker.pod_names, worker.last_status = out.pod_names, out.status
+    if out.children_applied:
+        worker.children_applied_for = children_key
     if out.gone:
         return True
     if first and out.table is not None:

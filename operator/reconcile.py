@@ -39,6 +39,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     status: dict | None = None
     pod_names: frozenset[str] = frozenset()
+    children_applied: bool = False  # every child was written
     gone: bool = False  # the pool no longer exists
 
     @property
@@ -67,10 +68,13 @@ def table_in_configmap(configmap: dict | None) -> RoutingTable | None:
         return None
 
 
-async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_status: dict | None = None) -> Outcome:
+async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_status: dict | None = None,
+                         with_children: bool = True) -> Outcome:
     """Bring the pool `body` (as the API returns it) and its children to their desired state. See the module doc.
 
-    Raises only for errors that are not the API server's answer (network, timeouts): the caller retries.
+    `with_children=False` skips the children, which depend on the spec alone: the caller passes it when
+    only pods changed since it last applied them for this spec. Raises only for errors that are not the
+    API server's answer (network, timeouts): the caller retries.
     """
     pool = PoolRef.from_body(body)
     out = Outcome()
@@ -102,10 +106,13 @@ async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_stat
         after = {e.id for e in table.endpoints}
         out.table, out.added, out.removed = table, tuple(sorted(after - before)), tuple(sorted(before - after))
 
-    for child in build_children(pool, spec, router_image):
-        await _apply(kube, child, out)
-    if spec.template is None:
-        await _prune_replicas(kube, pool)
+    if with_children:
+        table_errors = len(out.errors)
+        for child in build_children(pool, spec, router_image):
+            await _apply(kube, child, out)
+        if spec.template is None:
+            await _prune_replicas(kube, pool)
+        out.children_applied = len(out.errors) == table_errors
 
     in_force = out.table
     pod_endpoints = sum(1 for e in fresh.endpoints if e.id in out.pod_names)

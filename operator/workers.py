@@ -38,6 +38,7 @@ class PoolWorker:
         self.body = body
         self.pod_names: frozenset[str] = frozenset()
         self.last_status: dict | None = None
+        self.children_applied_for: tuple | None = None  # what the children were last all written for
         self._reconcile = reconcile
         self._kicked = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -103,8 +104,14 @@ class Pools:
         self._reconcile = reconcile
         self.workers: dict[str, PoolWorker] = {}
 
-    def upsert(self, body: dict) -> PoolWorker:
-        """Remember the newest `body` of a pool and kick its worker (started if new)."""
+    def generation_changed(self, body: Mapping) -> bool:
+        """True if `body`'s spec generation differs from the one last seen for that pool (or it is new)."""
+        meta = body["metadata"]
+        worker = self.workers.get(f"{meta['namespace']}/{meta['name']}")
+        return worker is None or worker.body["metadata"].get("generation") != meta.get("generation")
+
+    def upsert(self, body: dict, kick: bool = True) -> PoolWorker:
+        """Remember the newest `body` of a pool and kick its worker (started, and kicked, if new)."""
         key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
         worker = self.workers.get(key)
         if worker is None or worker.body.get("metadata", {}).get("uid") != body["metadata"].get("uid"):
@@ -112,8 +119,10 @@ class Pools:
                 asyncio.create_task(worker.stop())
             worker = self.workers[key] = PoolWorker(key, body, self._reconcile)
             worker.start()
+            kick = True
         worker.body = body
-        worker.kick()
+        if kick:
+            worker.kick()
         return worker
 
     async def forget(self, namespace: str, name: str) -> None:
@@ -122,10 +131,12 @@ class Pools:
         if worker is not None:
             await worker.stop()
 
-    def kick(self, namespace: str, name: str) -> None:
-        """Kick one pool, if known."""
+    def kick(self, namespace: str, name: str, with_children: bool = False) -> None:
+        """Kick one pool, if known; `with_children` has it write its children again too."""
         worker = self.workers.get(f"{namespace}/{name}")
         if worker is not None:
+            if with_children:
+                worker.children_applied_for = None
             worker.kick()
 
     def kick_for_pod(self, namespace: str, name: str, labels: Mapping[str, str]) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.procs import tail
 from operator_harness import OperatorProcess, Pools, RouterProcess
 
 CRDS = Path(__file__).parents[2] / "crds"
@@ -79,6 +80,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     if report.failed and "tmp_path" in getattr(item, "funcargs", {}):
         for log in sorted(Path(item.funcargs["tmp_path"]).glob("*.log")):
-            from cluster.procs import tail
             report.sections.append((f"{log.name} (last 40 lines)", tail(log, 40)))
     return report

@@ -104,8 +104,12 @@ class RouterProcess:
         except httpx.HTTPError:
             return False
 
+    def debug(self) -> dict:
+        """The router's /debug/table: {"table", "tableError", "endpoints"}."""
+        return httpx.get(f"{self.url}/debug/table", timeout=2).json()
+
     def table_version(self) -> int | None:
-        table = httpx.get(f"{self.url}/debug/table", timeout=2).json()["table"]
+        table = self.debug()["table"]
         return table["version"] if table else None
 
     def stop(self) -> None:
