@@ -99,6 +99,15 @@ def _resolve(node: dict, defs: dict) -> dict:
     return defs[node["$ref"].rsplit("/", 1)[-1]] if "$ref" in node else node
 
 
+#: The pool's name becomes the router Service's name `<name>-router`: a DNS label of at most 63 characters.
+NAME_RULE = {
+    "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 56",
+    "message": "metadata.name must be at most 56 lowercase letters, digits and '-', starting with a letter"
+               " (the router Service <name>-router must be a DNS label)",
+    "reason": "FieldValueInvalid",
+}
+
+
 def build_crd() -> dict:
     """The whole CustomResourceDefinition as a dict (apiextensions.k8s.io/v1)."""
     version = {
@@ -119,6 +128,7 @@ def build_crd() -> dict:
                            **status_schema()},
             },
             "required": ["spec"],
+            "x-kubernetes-validations": [NAME_RULE],
         }},
         "subresources": {
             "status": {},

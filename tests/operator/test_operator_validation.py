@@ -34,6 +34,14 @@ INVALID = [
 ]
 
 
+@pytest.mark.parametrize("name", ["has.dots", "9starts-with-a-digit", "x" * 57])
+def test_a_pool_name_that_cannot_name_its_router_service_is_refused(pools, name):
+    done = pools.apply(name, SELECTOR, check=False)
+
+    assert done.returncode != 0
+    assert "metadata.name" in done.stderr and "DNS label" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("what, spec, field, message", INVALID, ids=[case[0] for case in INVALID])
 def test_an_invalid_pool_is_refused_with_a_message_naming_the_field(pools, what, spec, field, message):
     done = pools.apply("bad", spec, check=False)
