@@ -4,6 +4,7 @@ simulator pods, the routing table in the ConfigMap, and a router reading it thro
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 
@@ -53,6 +54,12 @@ def test_kubectl_scale_and_editing_replicas_change_the_endpoints(pools, operator
     table = pools.wait_endpoints("llama", 2)
     assert pools.kubectl("get", "aisp", "llama", "-o", "jsonpath={.status.ready}").stdout == "2/2"
     assert table.version >= 3
+    # What a HorizontalPodAutoscaler reads: the scale subresource, with the pods' selector.
+    wait_for(lambda: pools.get("llama")["status"]["replicas"] == 2, 30, "status.replicas 2")
+    scale = json.loads(pools.kubectl(
+        "get", "--raw", f"/apis/maitred.dev/v1alpha1/namespaces/{pools.namespace}/aiservicepools/llama/scale").stdout)
+    assert (scale["kind"], scale["spec"]["replicas"]) == ("Scale", 2)
+    assert scale["status"] == {"replicas": 2, "selector": "maitred.dev/pool=llama"}
 
 
 def test_a_pod_that_goes_not_ready_leaves_the_table_within_a_second_and_comes_back(
