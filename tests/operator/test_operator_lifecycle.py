@@ -112,3 +112,22 @@ def test_two_operators_never_both_act(pools, start_operator, replicas_kubelet):
     pools.kubectl("scale", "aisp/llama", "--replicas=1")
     pools.wait_endpoints("llama", 1)
     wait_for(lambda: "1 endpoint(s)" in low.log()[len(paused_log):], 10, "the resumed operator to act")
+
+
+def test_a_pod_deleted_while_the_operator_was_down_leaves_the_table_when_it_is_back(
+        pools, start_operator, replicas_kubelet):
+    first = start_operator()
+    pools.apply("llama", {"replicas": 2, "template": template("llama", grace_s=0)})
+    pools.wait_endpoints("llama", 2)
+    victim = pools.pods("app=llama")[0].metadata.name
+    assert first.stop() == 0
+
+    pools.kubectl("delete", "pod", victim, "--wait=true", "--timeout=30s")
+    wait_for(lambda: len([p for p in pools.pods("app=llama") if pools.pod_ready(p.metadata.name)]) == 2, 60,
+             "the replacement pod Ready")
+    assert victim in pools.endpoint_ids("llama"), "nothing should have changed the table meanwhile"
+
+    start_operator()
+    table = wait_for(lambda: (ids := pools.endpoint_ids("llama")) and victim not in ids and len(ids) == 2 and ids,
+                     30, "the table without the deleted pod")
+    assert table == {p.metadata.name for p in pools.pods("app=llama")}
