@@ -1,4 +1,5 @@
-"""Fixtures for the router tests: start real backends and a real router, and always stop them.
+"""Fixtures for the router tests: start real backends (purpose-built ones or `maitred sim`) and a real
+router, and always stop them.
 
 `backends` and `router` are per test. The `module_*` twins are shared by the tests of one module,
 for tests that only read (they save the ~2 s a router takes to start on a busy machine).
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from router_harness import BackendProcess, RouterProcess
+from router_harness import BackendProcess, RouterProcess, SimProcess
 
 
 class Fleet:
@@ -17,7 +18,7 @@ class Fleet:
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
-        self.processes: list[BackendProcess | RouterProcess] = []
+        self.processes: list[BackendProcess | SimProcess | RouterProcess] = []
 
     def backends(self, *specs: tuple[str, dict]) -> list[BackendProcess]:
         """Start replicas (name, options) in parallel; returns them once all listen."""
@@ -25,6 +26,14 @@ class Fleet:
         self.processes.extend(new)
         for backend in new:
             backend.wait_ready()
+        return new
+
+    def sims(self, *names: str) -> list[SimProcess]:
+        """Start `maitred sim` replicas named `names` in parallel; returns them once all are healthy."""
+        new = [SimProcess(name, self.work_dir) for name in names]
+        self.processes.extend(new)
+        for sim in new:
+            sim.wait_ready()
         return new
 
     def router(self, table: dict, *extra_args: str) -> RouterProcess:

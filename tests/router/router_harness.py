@@ -27,6 +27,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 BACKEND_SCRIPT = HERE / "router_backends.py"
 MODEL = "test-model"
+SIM_MODEL = "sim-model"
 
 # Hosts 127.0.0.11 .. 127.0.0.250, handed out in turn so that neighbouring tests never share one.
 _hosts = itertools.cycle(f"127.0.0.{i}" for i in range(11, 251))
@@ -126,6 +127,39 @@ class BackendProcess:
     def kill(self) -> None:
         """SIGKILL the replica, as the OOM killer or a node failure would."""
         stop_group(self.proc, signal.SIGKILL, grace_s=5.0)
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+        self._log.close()
+
+
+class SimProcess:
+    """`maitred sim` (the project's simulated vLLM server) serving SIM_MODEL, in its own process group."""
+
+    def __init__(self, name: str, log_dir: Path, *flags: str) -> None:
+        self.name = name
+        self.host = next_host()
+        self.port = free_port(self.host)
+        self.log_path = log_dir / f"sim-{name}.log"
+        self._log = open(self.log_path, "wb")
+        args = ["maitred", "sim", "--host", self.host, "--port", str(self.port), "--model", SIM_MODEL,
+                "--log-level", "warning", *flags]
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def endpoint(self, weight: int = 1) -> dict:
+        return {"id": self.name, "url": self.url, "weight": weight}
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        def up():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"maitred sim exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            return httpx.get(self.url + "/health", timeout=2, trust_env=False).status_code == 200
+
+        wait_for(up, timeout_s, f"maitred sim {self.name} to answer /health")
 
     def stop(self) -> None:
         stop_group(self.proc)

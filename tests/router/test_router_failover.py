@@ -6,7 +6,7 @@ import threading
 import time
 from collections import Counter
 
-from router_harness import run_load, table, wait_for
+from router_harness import metric, run_load, table, wait_for
 
 
 def test_replica_killed_under_load_only_its_in_flight_requests_may_fail(backends, router):
@@ -35,5 +35,8 @@ def test_replica_killed_under_load_only_its_in_flight_requests_may_fail(backends
     assert len(failed) <= 9
 
     wait_for(lambda: not r.endpoints()["b"]["live"], 10, "the killed replica to be taken out")
+    metrics = r.metrics()
+    assert [metric(metrics, "maitred_endpoint_healthy", endpoint=i) for i in "abc"] == [1, 0, 1]
+    assert metric(metrics, "maitred_ejections_total", endpoint="b") == 1
     assert r.client.get("/readyz").status_code == 200
     wait_for(lambda: all(e["inFlight"] == 0 for e in r.endpoints().values()), 2, "in-flight to drain")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from router_harness import MODEL, table
+from router_harness import MODEL, SIM_MODEL, table
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,41 @@ def test_a_stream_broken_mid_way_raises_in_the_sdk(module_fleet):
     assert got == ["t0 ", "t1 ", "t2 "]
     assert "broke after it had started" in err.value.message
     client.close()
+
+
+# --- against the project's simulator, which speaks vLLM's dialect ----------------------------------
+
+@pytest.fixture(scope="module")
+def sdk_on_sims(module_fleet):
+    sims = module_fleet.sims("sim-a", "sim-b")
+    r = module_fleet.router({**table([], method="least-connections"), "models": [SIM_MODEL],
+                             "endpoints": [s.endpoint() for s in sims]})
+    client = openai.OpenAI(base_url=r.url + "/v1", api_key="sk-test", max_retries=0, timeout=30)
+    yield client
+    client.close()
+
+
+def test_simulator_chat_through_the_router(sdk_on_sims):
+    reply = sdk_on_sims.chat.completions.create(model=SIM_MODEL, max_tokens=8,
+                                                messages=[{"role": "user", "content": "Tell me a story"}])
+    assert reply.model == SIM_MODEL
+    assert reply.choices[0].message.content
+    assert reply.usage.completion_tokens == 8 and reply.choices[0].finish_reason == "length"
+
+
+def test_simulator_chat_streamed_through_the_router(sdk_on_sims):
+    chunks = list(sdk_on_sims.chat.completions.create(
+        model=SIM_MODEL, max_tokens=6, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Tell me a story"}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage.completion_tokens == 6
+
+
+def test_simulator_completions_through_the_router(sdk_on_sims):
+    reply = sdk_on_sims.completions.create(model=SIM_MODEL, prompt="Once upon a time", max_tokens=4)
+    assert reply.choices[0].text and reply.usage.completion_tokens == 4
+    chunks = list(sdk_on_sims.completions.create(model=SIM_MODEL, prompt="Once upon a time", max_tokens=4,
+                                                 stream=True))
+    assert len([c for c in chunks if c.choices and c.choices[0].text]) == 4
+    assert chunks[-1].choices[0].finish_reason == "length"

@@ -89,3 +89,6 @@ def test_with_every_endpoint_down_the_router_says_no_endpoint_is_available(backe
     assert "no endpoint is available" in error["message"]
     assert error["code"] == "no_endpoint_available" and error["type"] == "service_unavailable"
     assert not any(e["live"] for e in r.endpoints().values())
+    metrics = r.metrics()
+    assert metric(metrics, "maitred_endpoint_healthy", endpoint="a") == metric(metrics, "maitred_endpoint_healthy",
+                                                                                endpoint="b") == 0

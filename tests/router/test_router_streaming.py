@@ -97,15 +97,17 @@ def test_client_leaving_mid_stream_cancels_the_upstream_request(backends, router
 
     with r.client.stream("GET", "/v1/endless") as resp:
         assert resp.status_code == 200
+        # Keep the iterator: dropping it (as `break` out of a for loop does) closes the connection.
+        pieces = resp.iter_raw()
         received = b""
-        for piece in resp.iter_raw():
-            received += piece
-            if received.count(b"\n\n") >= 3:
-                break
+        while received.count(b"\n\n") < 3:
+            received += next(pieces)
         assert r.endpoints()["a"]["inFlight"] == 1
     left = time.time()
 
     disconnects = wait_for(lambda: endless.stats()["disconnects"], 5, "the backend to see the disconnect")
     assert disconnects[0] - left < 1.0, f"upstream kept streaming {disconnects[0] - left:.2f} s after the client left"
     wait_for(lambda: r.endpoints()["a"]["inFlight"] == 0, 2, "in-flight to return to 0")
-    assert metric(r.metrics(), "maitred_in_flight", endpoint="a") == 0
+    metrics = r.metrics()
+    assert metric(metrics, "maitred_in_flight", endpoint="a") == 0
+    assert metric(metrics, "maitred_requests_total", endpoint="a", status="499") == 1  # "client closed request"
