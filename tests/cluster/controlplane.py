@@ -112,8 +112,8 @@ class ControlPlane:
         )
         tokens.chmod(0o600)
 
-        etcd_url = self._start_etcd()
-        api_port = procs.free_port()
+        etcd_port, peer_port, api_port, kcm_port = procs.free_ports(4)
+        etcd_url = self._start_etcd(etcd_port, peer_port)
         self.server = f"https://127.0.0.1:{api_port}"
         self._run("kube-apiserver", [
             "--etcd-servers", etcd_url,
@@ -141,7 +141,6 @@ class ControlPlane:
         self._write_kubeconfig(self.kubeconfig, keys["ca_crt"], admin_token)
         kcm_kubeconfig = self.workdir / "kcm.kubeconfig"
         self._write_kubeconfig(kcm_kubeconfig, keys["ca_crt"], kcm_token)
-        kcm_port = procs.free_port()
         self._run("kube-controller-manager", [
             "--kubeconfig", str(kcm_kubeconfig),
             "--controllers", ",".join(CONTROLLERS),
@@ -156,8 +155,7 @@ class ControlPlane:
         procs.wait_until(lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure),
                          START_TIMEOUT_S, "kube-controller-manager /healthz", alive=self._alive())
 
-    def _start_etcd(self) -> str:
-        client_port, peer_port = procs.free_port(), procs.free_port()
+    def _start_etcd(self, client_port: int, peer_port: int) -> str:
         client = f"http://127.0.0.1:{client_port}"
         peer = f"http://127.0.0.1:{peer_port}"
         self._run("etcd", [

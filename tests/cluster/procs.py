@@ -74,11 +74,20 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on now on ``host`` (the kernel's choice)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports that nothing listens on now on ``host``.
+
+    The kernel picks them; all are held open until all are picked, so no two
+    are the same.
+    """
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def port_is_free(host: str, port: int) -> bool:
