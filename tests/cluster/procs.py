@@ -74,6 +74,11 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on now on ``host`` (the kernel's choice)."""
+    return free_ports(1, host)[0]
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports that nothing listens on now on ``host``.
 
