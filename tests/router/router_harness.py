@@ -1,4 +1,4 @@
-"""Real processes for the router tests: the `maitred router` command and the purpose-built backends.
+"""Real processes for the router tests: `maitred router`, `maitred sim` and the purpose-built backends.
 
 Each process runs in its own process group (``start_new_session``), so that stopping it also stops
 anything it started, and a test can SIGKILL one replica. Addresses are distinct 127.0.0.x (the

@@ -98,6 +98,19 @@ def sdk_on_sims(module_fleet):
     client.close()
 
 
+def test_with_no_models_in_the_table_the_router_lists_and_serves_the_replicas_models(module_fleet):
+    sims = module_fleet.sims("sim-c")
+    r = module_fleet.router({**table([]), "models": [], "endpoints": [s.endpoint() for s in sims]})
+    client = openai.OpenAI(base_url=r.url + "/v1", api_key="sk-test", max_retries=0, timeout=30)
+    assert [m.id for m in client.models.list()] == [SIM_MODEL]
+    assert client.completions.create(model=SIM_MODEL, prompt="hi", max_tokens=2).usage.completion_tokens == 2
+    # No list to check against: the replica's own 404 comes back, not the router's.
+    with pytest.raises(openai.NotFoundError) as err:
+        client.completions.create(model="gpt-9", prompt="hi", max_tokens=2)
+    assert "x-maitred-error" not in err.value.response.headers
+    client.close()
+
+
 def test_simulator_chat_through_the_router(sdk_on_sims):
     reply = sdk_on_sims.chat.completions.create(model=SIM_MODEL, max_tokens=8,
                                                 messages=[{"role": "user", "content": "Tell me a story"}])
