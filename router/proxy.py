@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 import time
 from dataclasses import dataclass
 
@@ -383,11 +383,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+_ids = random.Random()
+
+
 def _request_id(scope: Scope) -> bytes:
     for key, value in scope["headers"]:
         if key == b"x-request-id" and value:
             return value
-    return secrets.token_hex(12).encode()
+    # Unique, not secret: a PRNG is ten times cheaper than the OS's entropy pool on the hot path.
+    return b"%024x" % _ids.getrandbits(96)
 
 
 def _upstream_headers(scope: Scope, request_id: bytes) -> list[tuple[str, str]]:
