@@ -44,7 +44,8 @@ def _control_app(router: Router, source: TableSource | None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await router.start()
-        tasks = [asyncio.create_task(router.health.run(router.session))]
+        tasks = [asyncio.create_task(router.health.run(router.session)),
+                 asyncio.create_task(router.load.run(router.session))]
         if source is not None:
             tasks.append(asyncio.create_task(source(router)))
         try:

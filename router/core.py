@@ -15,6 +15,7 @@ import aiohttp
 from maitred.router.balancing import Balancer, make_balancer
 from maitred.router.endpoints import EndpointRegistry, EndpointState
 from maitred.router.health import HealthChecker
+from maitred.router.load import LoadScraper
 from maitred.router.metrics import RouterMetrics
 from maitred.router.proxy import DEFAULT_MAX_BODY_BYTES
 from maitred.router.table import RoutingTable
@@ -31,6 +32,7 @@ class Router:
         self.endpoints = EndpointRegistry(on_health_change=self._health_changed)
         self.metrics = RouterMetrics(self.endpoints)
         self.health = HealthChecker(self.endpoints)
+        self.load = LoadScraper(self.endpoints)
         self.balancer: Balancer | None = None
         self.session: aiohttp.ClientSession | None = None
         self.client_timeout = aiohttp.ClientTimeout(total=None)

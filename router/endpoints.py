@@ -44,6 +44,11 @@ class EndpointState:
     requests_total: int = 0
     failures_total: int = 0
     ejections_total: int = 0
+    # The replica's own load, from its /metrics (see maitred.router.load); None until scraped.
+    reported_waiting: float | None = None
+    reported_running: float | None = None
+    reported_kv_cache_usage: float | None = None
+    in_flight_at_report: int = 0
 
     def acquire(self) -> None:
         """Count one more request in flight."""
@@ -90,6 +95,9 @@ class EndpointState:
             "requestsTotal": self.requests_total,
             "failuresTotal": self.failures_total,
             "ejectionsTotal": self.ejections_total,
+            "reportedLoad": None if self.reported_running is None else {
+                "waiting": self.reported_waiting, "running": self.reported_running,
+                "kvCacheUsage": self.reported_kv_cache_usage},
         }
 
 

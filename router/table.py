@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 #: The balancing methods a table may name; each is one module in :mod:`maitred.router.balancing`.
-Method = Literal["round-robin", "least-connections", "weighted", "least-response-time"]
+Method = Literal["round-robin", "least-connections", "weighted", "least-response-time", "least-load",
+                 "prefix-affinity"]
 METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
 
 

@@ -29,7 +29,7 @@ class Balancer(Protocol):
 
 
 _REGISTRY: dict[str, type] = {}
-_MODULES = ("round_robin", "least_connections", "weighted", "least_response_time")
+_MODULES = ("round_robin", "least_connections", "weighted", "least_response_time", "least_load", "prefix_affinity")
 
 
 def register(cls: type) -> type:

@@ -1,0 +1,50 @@
+"""least-load: the replica with the least work queued and running, by its own report.
+
+Load of an endpoint = requests waiting + requests running, as the replica last reported them on its
+/metrics (:mod:`maitred.router.load`), plus the requests this router sent it since that report
+(in-flight now − in-flight then), so that a burst between two scrapes does not all land on the
+replica that looked idle. KV-cache usage (0..1) breaks near-ties: a replica close to a full cache
+is about to queue. An endpoint with no report yet counts its in-flight requests alone.
+
+This is the queue and KV-cache scoring of the Gateway API Inference Extension's endpoint picker
+(llm-d) and vLLM production-stack's load-aware routing, reduced to one cost. O(n) per pick.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from maitred.router.balancing import register
+from maitred.router.endpoints import EndpointState
+
+#: How much a full KV cache weighs, in queued requests.
+KV_CACHE_WEIGHT = 1.0
+
+
+def load(endpoint: EndpointState) -> float:
+    """Estimated requests queued and running on `endpoint` now (see the module docstring)."""
+    if endpoint.reported_running is None:
+        return float(endpoint.in_flight)
+    since_report = endpoint.in_flight - endpoint.in_flight_at_report
+    queued = (endpoint.reported_waiting or 0.0) + endpoint.reported_running + since_report
+    return max(queued, float(endpoint.in_flight)) + KV_CACHE_WEIGHT * (endpoint.reported_kv_cache_usage or 0.0)
+
+
+@register
+class LeastLoad:
+    """Lowest reported load wins; ties go to each tied endpoint in turn."""
+
+    name = "least-load"
+
+    def __init__(self, rng: random.Random, clock: Callable[[], float]) -> None:
+        self._turn = rng.randrange(1 << 16)
+
+    def pick(self, endpoints: Sequence[EndpointState], request: Any = None) -> EndpointState:
+        """The endpoint with the least estimated load."""
+        loads = [load(e) for e in endpoints]
+        least = min(loads)
+        tied = [e for e, value in zip(endpoints, loads) if value == least]
+        self._turn += 1
+        return tied[self._turn % len(tied)]
