@@ -1,9 +1,12 @@
 """`maitred demo`: three simulated replicas, the router, and real OpenAI traffic through each method.
 
 Replica c runs at half the speed of a and b, so the methods differ visibly: round-robin gives it a
-third of the requests regardless; least-connections and least-response-time send it fewer because
-its requests stay in flight longer; weighted follows the table's weights (2:2:1). Finally replica a
-is killed mid-run, and requests keep succeeding on b and c.
+third of the requests regardless; least-connections, least-response-time and least-load send it
+fewer because its requests stay in flight (and in its queue) longer; weighted follows the table's
+weights (2:2:1). The traffic is multi-turn conversations, each turn resending the conversation so
+far, so prefix-affinity, which keeps a conversation on the replica that holds it in KV cache, serves
+far more prompt tokens from cache. Every method gets the same requests, from cold caches. Finally
+replica a is killed mid-run, and requests keep succeeding on b and c.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from maitred.cli.processes import ProcessGroup, free_port, wait_until_up
 
 HOST = "127.0.0.1"
 MODEL = "demo-llama-8b"
-METHODS = ("round-robin", "least-connections", "weighted", "least-response-time")
+METHODS = ("round-robin", "least-connections", "weighted", "least-response-time", "least-load", "prefix-affinity")
 REPLICAS = {"a": 1.0, "b": 1.0, "c": 0.5}  # replica name -> speed (c is twice as slow)
 WEIGHTS = {"a": 2, "b": 2, "c": 1}
 SYSTEM_PROMPT = "You are a helpful assistant for a busy restaurant. Answer briefly and politely. " * 8
@@ -45,6 +48,8 @@ class Result:
     ttft_s: float | None = None
     error: str = ""
     started_at: float = 0.0  # time.perf_counter() when sent
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
 
 def demo_command(
@@ -106,15 +111,15 @@ async def _wait_for_version(router_url: str, version: int) -> None:
 
 async def _run(router_url, table_path, urls, requests, concurrency, seed, procs, console) -> dict:
     client = openai.AsyncOpenAI(base_url=router_url + "/v1", api_key="demo", max_retries=0, timeout=60)
-    rng = random.Random(seed)
-    results: dict[str, list[Result]] = {}
+    results: dict = {}
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         for version, method in enumerate(METHODS, start=2):
             _write_table(table_path, urls, method, version)
             await _wait_for_version(router_url, version)
+            await _reset_caches(urls)
             task = progress.add_task(method, total=requests)
-            results[method] = await _load(client, rng, requests, concurrency, lambda: progress.advance(task))
+            results[method] = await _load(client, seed, requests, concurrency, lambda: progress.advance(task))
         _write_table(table_path, urls, "least-connections", len(METHODS) + 2)
         await _wait_for_version(router_url, len(METHODS) + 2)
         task = progress.add_task("failover (kill a)", total=requests)
@@ -130,26 +135,40 @@ async def _run(router_url, table_path, urls, requests, concurrency, seed, procs,
                 killed_at = time.perf_counter()
                 progress.update(task, description="failover (a killed)")
 
-        results["failover"] = await _load(client, rng, requests, concurrency, advance)
+        results["failover"] = await _load(client, seed, requests, concurrency, advance)
         results["killed_at"] = killed_at
     await client.close()
     return results
 
 
-async def _load(client, rng: random.Random, total: int, concurrency: int, on_done) -> list[Result]:
-    """Send `total` mixed requests, `concurrency` at a time."""
-    plans = [_plan(rng) for _ in range(total)]
-    queue: asyncio.Queue = asyncio.Queue()
-    for plan in plans:
-        queue.put_nowait(plan)
+async def _reset_caches(urls: dict[str, str]) -> None:
+    """Empty every replica's prefix cache (vLLM's /reset_prefix_cache), so each method starts cold."""
+    async with httpx.AsyncClient() as http:
+        for url in urls.values():
+            await http.post(url + "/reset_prefix_cache")
+
+
+async def _load(client, seed: int, total: int, concurrency: int, on_done) -> list[Result]:
+    """Send `total` turns of `concurrency + 4` conversations, `concurrency` at a time; the same turns for a seed."""
+    rng = random.Random(seed)
+    # A quarter of the conversations are about a long document (the menu), given in their first turn.
+    conversations = [[{"role": "system", "content": SYSTEM_PROMPT}]
+                     + ([{"role": "user", "content": f"Menu {k}: {LONG_CONTEXT}"}] if k % 4 == 0 else [])
+                     for k in range(concurrency + 4)]
+    busy: set[int] = set()
     results: list[Result] = []
 
     async def worker() -> None:
-        while not queue.empty():
-            plan = queue.get_nowait()
+        while len(results) + len(busy) < total:
+            k = rng.choice([i for i in range(len(conversations)) if i not in busy])
+            busy.add(k)
+            plan = _plan(rng, conversations[k])
             started_at = time.perf_counter()
             result = await _one(client, plan)
             result.started_at = started_at
+            if result.ok:
+                conversations[k] += [plan["messages"][-1], {"role": "assistant", "content": plan["answer"]}]
+            busy.discard(k)
             results.append(result)
             on_done()
 
@@ -157,42 +176,57 @@ async def _load(client, rng: random.Random, total: int, concurrency: int, on_don
     return results
 
 
-def _plan(rng: random.Random) -> dict:
-    """One request of the mix: 60% streamed chat, 25% chat, 15% completions; a fifth with a long prompt."""
+def _plan(rng: random.Random, history: list[dict]) -> dict:
+    """The next turn of a conversation: 60% streamed chat, 25% chat, 15% completions."""
     kind = rng.choices(("stream", "chat", "completion"), weights=(60, 25, 15))[0]
     question = f"Which table is free for {rng.randint(2, 8)} guests at {rng.randint(6, 10)} pm?"
-    if rng.random() < 0.2:
-        question = LONG_CONTEXT + " " + question
-    return {"kind": kind, "question": question, "max_tokens": rng.randint(16, 64)}
+    return {"kind": kind, "messages": [*history, {"role": "user", "content": question}],
+            "max_tokens": rng.randint(16, 64), "answer": ""}
 
 
 async def _one(client: openai.AsyncOpenAI, plan: dict) -> Result:
+    """Send one planned request; the answer's text goes into plan["answer"] for the conversation's next turn."""
     started = time.perf_counter()
     endpoint = "?"
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": plan["question"]}]
+    messages = plan["messages"]
     try:
         if plan["kind"] == "stream":
             stream = await client.chat.completions.create(model=MODEL, messages=messages, stream=True,
-                                                          max_tokens=plan["max_tokens"])
+                                                          max_tokens=plan["max_tokens"],
+                                                          stream_options={"include_usage": True})
             endpoint = stream.response.headers.get("x-maitred-endpoint", "?")
-            ttft = None
-            async for _chunk in stream:
+            ttft, parts, usage = None, [], None
+            async for chunk in stream:
                 if ttft is None:
                     ttft = time.perf_counter() - started
-            return Result(endpoint, True, time.perf_counter() - started, ttft)
+                parts.extend(c.delta.content or "" for c in chunk.choices)
+                usage = chunk.usage or usage
+            plan["answer"] = "".join(parts)
+            return _result(endpoint, started, usage, ttft)
         if plan["kind"] == "chat":
             raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=messages,
                                                                         max_tokens=plan["max_tokens"])
+            reply = raw.parse()
+            plan["answer"] = reply.choices[0].message.content or ""
         else:
-            raw = await client.completions.with_raw_response.create(model=MODEL, prompt=plan["question"],
+            prompt = "\n".join(m["content"] for m in messages)
+            raw = await client.completions.with_raw_response.create(model=MODEL, prompt=prompt,
                                                                    max_tokens=plan["max_tokens"])
-        raw.parse()
-        return Result(raw.headers.get("x-maitred-endpoint", "?"), True, time.perf_counter() - started)
+            reply = raw.parse()
+            plan["answer"] = reply.choices[0].text
+        return _result(raw.headers.get("x-maitred-endpoint", "?"), started, reply.usage)
     except openai.APIError as exc:
         response = getattr(exc, "response", None)
         if response is not None:
             endpoint = response.headers.get("x-maitred-endpoint", endpoint)
         return Result(endpoint, False, time.perf_counter() - started, error=str(exc))
+
+
+def _result(endpoint: str, started: float, usage, ttft: float | None = None) -> Result:
+    details = getattr(usage, "prompt_tokens_details", None)
+    return Result(endpoint, True, time.perf_counter() - started, ttft,
+                  prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                  cached_tokens=getattr(details, "cached_tokens", 0) or 0)
 
 
 def _ms(values: list[float], q: float) -> str:
@@ -202,9 +236,16 @@ def _ms(values: list[float], q: float) -> str:
     return f"{values[min(len(values) - 1, int(q * len(values)))] * 1000:.0f}"
 
 
+def _cached(rows: list[Result]) -> str:
+    prompt = sum(r.prompt_tokens for r in rows)
+    return f"{100 * sum(r.cached_tokens for r in rows) / prompt:.0f}%" if prompt else "-"
+
+
 def _method_table(results: dict[str, list[Result]]) -> Table:
-    table = Table(title="Requests by method and replica (TTFT on streamed requests; times in ms)")
-    for column in ("method", "replica", "share", "TTFT\np50", "TTFT\np99", "e2e\np50", "e2e\np99", "errors"):
+    table = Table(title="Requests by method and replica (TTFT on streamed requests; times in ms; "
+                        "cached: prompt tokens served from the replica's prefix cache)")
+    for column in ("method", "replica", "share", "TTFT\np50", "TTFT\np99", "e2e\np50", "e2e\np99", "cached",
+                   "errors"):
         table.add_column(column, justify="left" if column in ("method", "replica") else "right", no_wrap=True)
     for method in METHODS:
         rows = results[method]
@@ -215,10 +256,12 @@ def _method_table(results: dict[str, list[Result]]) -> Table:
                           _ms([r.ttft_s for r in mine if r.ok and r.ttft_s is not None], 0.5),
                           _ms([r.ttft_s for r in mine if r.ok and r.ttft_s is not None], 0.99),
                           _ms([r.e2e_s for r in mine if r.ok], 0.5), _ms([r.e2e_s for r in mine if r.ok], 0.99),
-                          str(sum(not r.ok for r in mine)), end_section=i == len(REPLICAS) - 1)
-        all_ok = [r.e2e_s for r in rows if r.ok]
-        table.add_row("", "[bold]all[/]", "", "", "", _ms(all_ok, 0.5), _ms(all_ok, 0.99),
-                      str(sum(not r.ok for r in rows)), end_section=True)
+                          _cached(mine), str(sum(not r.ok for r in mine)), end_section=i == len(REPLICAS) - 1)
+        ttft_all = [r.ttft_s for r in rows if r.ok and r.ttft_s is not None]
+        e2e_all = [r.e2e_s for r in rows if r.ok]
+        table.add_row("", "[bold]all[/]", "", _ms(ttft_all, 0.5), _ms(ttft_all, 0.99), _ms(e2e_all, 0.5),
+                      _ms(e2e_all, 0.99), f"[bold]{_cached(rows)}[/]", str(sum(not r.ok for r in rows)),
+                      end_section=True)
     return table
 
 
