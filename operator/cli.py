@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -44,8 +45,12 @@ def operator_command(
     from maitred.operator import handlers  # noqa: F401  (registers the handlers)
 
     namespaces = list(namespace or ())
-    memo = kopf.Memo(router_image=router_image, kubeconfig=str(kubeconfig) if kubeconfig else None,
-                     peering_name=None if standalone else peering, namespaces=namespaces)
+    try:
+        asyncio.run(_preflight(kubeconfig, None if standalone else peering, namespaces))
+    except Exception as exc:  # no kubeconfig, no API server, no peering CRD: say which, and stop
+        typer.echo(f"maitred operator: {exc}", err=True)
+        raise typer.Exit(1) from None
+    memo = kopf.Memo(router_image=router_image, kubeconfig=str(kubeconfig) if kubeconfig else None)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -55,3 +60,21 @@ def operator_command(
         liveness_endpoint=liveness,
         memo=memo,
     )
+
+
+async def _preflight(kubeconfig: Path | None, peering: str | None, namespaces: list[str]) -> None:
+    """Check that the API server answers, and create the peering object(s) if peering is on.
+
+    kopf does not create the peering object, and without it the replicas cannot see each other and would
+    all act; so it is made here. Raises :class:`ApiError` (e.g. the peering CRDs are not installed).
+    """
+    from maitred.operator.kube import Kube
+    from maitred.operator.peering import ensure_peering
+
+    kube = await Kube.connect(kubeconfig)
+    try:
+        await kube.request("GET", "/version")
+        if peering:
+            await ensure_peering(kube, peering, namespaces)
+    finally:
+        await kube.close()

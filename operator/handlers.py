@@ -24,8 +24,7 @@ import kopf
 
 from maitred.operator import models
 from maitred.operator.kube import Kube
-from maitred.operator.peering import ensure_peering
-from maitred.operator.reconcile import reconcile_pool
+from maitred.operator.reconcile import Outcome, reconcile_pool
 from maitred.operator.workers import PoolWorker, Pools
 
 log = logging.getLogger("maitred.operator")
@@ -40,8 +39,6 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.batching.batch_window = 0.05  # s: a pod's event reaches its pool's table fast
     memo.kube = await Kube.connect(memo.get("kubeconfig"))
     memo.pools = Pools(lambda body, worker: _reconcile(memo, body, worker))
-    if memo.get("peering_name") and not settings.peering.standalone:
-        await ensure_peering(memo.kube, memo.peering_name, memo.get("namespaces") or ())
 
 
 @kopf.on.cleanup()
@@ -75,36 +72,39 @@ def child_event(type: str | None, namespace: str, meta: kopf.Meta, memo: kopf.Me
 
 
 async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
-    """Reconcile one pool and tell the user what changed (log lines and Kubernetes Events)."""
-    first = worker.last_status is None
-    before = worker.last_status or body.get("status") or {}
+    """Reconcile one pool (children too if not yet written for this spec); True if all went well."""
+    before = worker.last_status
     children_key = (body["metadata"].get("generation"), memo.router_image)
     out = await reconcile_pool(memo.kube, body, router_image=memo.router_image, last_status=worker.last_status,
                                with_children=worker.children_applied_for != children_key)
     worker.pod_names, worker.last_status = out.pod_names, out.status
     if out.children_applied:
         worker.children_applied_for = children_key
-    if out.gone:
-        return True
-    if first and out.table is not None:
-        log.info("pool %s: serving routing table version %d with %d endpoint(s)", worker.key, out.table.version,
-                 len(out.table.endpoints))
+    if not out.gone:
+        _report(body, worker.key, out, before)
+    return out.ok or out.gone
+
+
+def _report(body: dict, key: str, out: Outcome, before: dict | None) -> None:
+    """Tell the user what a reconcile changed: log lines, and Kubernetes Events on the pool."""
+    table = out.table
+    if before is None and table is not None:  # the first reconcile of this pool in this process
+        log.info("pool %s: serving routing table version %d with %d endpoint(s)", key, table.version,
+                 len(table.endpoints))
     if out.added or out.removed:
-        table = out.table
-        log.info("pool %s: routing table version %d, %d endpoint(s) (added: %s; removed: %s)", worker.key,
+        log.info("pool %s: routing table version %d, %d endpoint(s) (added: %s; removed: %s)", key,
                  table.version, len(table.endpoints), ", ".join(out.added) or "none", ", ".join(out.removed) or "none")
-        if out.added:
-            kopf.event(body, type="Normal", reason="EndpointsAdded",
-                       message=f"added to the routing table: {', '.join(out.added)}")
-        if out.removed:
-            kopf.event(body, type="Normal", reason="EndpointsRemoved",
-                       message=f"removed from the routing table: {', '.join(out.removed)}")
-    ready, was_ready = _condition(out.status, "Ready"), _condition(before, "Ready")
+    if out.added:
+        kopf.event(body, type="Normal", reason="EndpointsAdded", message=f"added to the routing table: "
+                                                                         f"{', '.join(out.added)}")
+    if out.removed:
+        kopf.event(body, type="Normal", reason="EndpointsRemoved", message=f"removed from the routing table: "
+                                                                           f"{', '.join(out.removed)}")
+    ready, was_ready = _condition(out.status, "Ready"), _condition(before or body.get("status"), "Ready")
     if ready and ready["status"] != "True" and was_ready.get("reason") != ready["reason"]:
         kopf.warn(body, reason=ready["reason"], message=ready["message"])  # e.g. NoReadyEndpoints
     for error in out.errors:
-        log.warning("pool %s: %s", worker.key, error)
-    return out.ok
+        log.warning("pool %s: %s", key, error)
 
 
 def _condition(status: dict | None, type_: str) -> dict:
