@@ -127,6 +127,9 @@ def service_account_kubeconfig(kubectl, admin_kubeconfig: str, namespace: str, s
 def can_i(kubectl, service_account: str, verb: str, resource: str, namespace: str | None = None) -> bool:
     """``kubectl auth can-i`` as the ServiceAccount ``ns:name``; ``namespace`` None means all namespaces."""
     where = ["-n", namespace] if namespace else ["--all-namespaces"]
+    resource, _, subresource = resource.partition("/")  # "aiservicepools.maitred.dev/status"
+    if subresource:
+        where.append(f"--subresource={subresource}")
     done = kubectl("auth", "can-i", verb, resource, *where, f"--as=system:serviceaccount:{service_account}",
                    check=False)
     return done.stdout.strip() == "yes"
