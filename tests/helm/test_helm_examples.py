@@ -50,3 +50,18 @@ def test_the_simulator_example_uses_the_charts_image():
     container = pools_in(REPO / "examples" / "sim-pool.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == DEFAULT_ROUTER_IMAGE
     assert container["args"][0] == "sim"
+
+
+def test_the_first_pool_in_the_install_notes_applies(install_release, cluster_helm, kubectl, namespace):
+    system = install_release("maitred", "--set", f"watchNamespaces={{{namespace}}}")
+    notes = cluster_helm.run("get", "notes", "maitred", "--namespace", system).stdout
+    assert f"kubectl apply -n {namespace} -f - <<'EOF'" in notes
+    assert f"kubectl -n {namespace} scale aisp/demo --replicas=3" in notes
+    heredoc = notes.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    kubectl("apply", "-n", namespace, "-f", "-", input=heredoc)
+    stored = yaml.safe_load(kubectl("get", "-n", namespace, "aisp", "demo", "-o", "yaml").stdout)
+    example = pools_in(REPO / "examples" / "sim-pool.yaml")[0]
+    assert stored["spec"]["models"] == example["spec"]["models"] == ["demo-model"]
+    container = stored["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == DEFAULT_ROUTER_IMAGE
+    assert container["args"] == example["spec"]["template"]["spec"]["containers"][0]["args"]
