@@ -1,4 +1,5 @@
-"""The AIServicePool resource (maitred.dev/v1alpha1) as pydantic models: the spec a user writes, the status the operator reports.
+"""The AIServicePool resource (maitred.dev/v1alpha1) as pydantic models: the spec a user writes, the status
+the operator reports.
 
 These models are the single source of the CRD's schema (:mod:`maitred.operator.crd` generates it, a test
 checks that ``crds/`` agrees), and the operator parses every pool with them. The health-check, retry and
@@ -172,8 +173,8 @@ class PoolSpec(_Model):
         " with a template and no selector, the pool's own label maitred.dev/pool=<name>"))
     template: PodTemplate | None = Field(default=None, description=(
         "a pod template: maitred then owns a Deployment <name> of it with `replicas` replicas"))
-    endpoints: tuple[StaticEndpoint, ...] = Field(default=(), max_length=MAX_ITEMS,
-                                                  description="static upstreams [{url, weight}], routed to beside the pods")
+    endpoints: tuple[StaticEndpoint, ...] = Field(
+        default=(), max_length=MAX_ITEMS, description="static upstreams [{url, weight}], routed to beside the pods")
     port: int | str = Field(default=8000, json_schema_extra=_rules(_PORT_RULE),
                             description="the replicas' port: a number, or a container port's name")
     models: tuple[str, ...] = Field(default=(), max_length=MAX_ITEMS,

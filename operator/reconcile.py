@@ -21,7 +21,8 @@ from maitred.operator.children import (
     TABLE_KEY, PoolRef, build_children, build_configmap, routing_configmap_name)
 from maitred.operator.kube import ApiError, Kube, object_path
 from maitred.operator.models import PoolSpec
-from maitred.operator.routing import build_routing_table, effective_selector, endpoint_statuses, selected_pods, versioned
+from maitred.operator.routing import (
+    build_routing_table, effective_selector, endpoint_statuses, selected_pods, versioned)
 from maitred.operator.selectors import to_string
 from maitred.operator.status import Observation, compute_status, status_patch
 from maitred.router.table import RoutingTable, TableError, parse_table
@@ -119,7 +120,8 @@ async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_stat
     obs = Observation(
         generation=pool.generation,
         desired=spec.replicas if spec.template is not None else len(selected),
-        matched=len(selected), ready=pod_endpoints, managed=spec.template is not None, static=len(fresh.endpoints) - pod_endpoints,
+        matched=len(selected), ready=pod_endpoints, managed=spec.template is not None,
+        static=len(fresh.endpoints) - pod_endpoints,
         table_endpoints=len(in_force.endpoints) if in_force else 0,
         table_version=in_force.version if in_force else 0,
         kept_last_good=kept, error="; ".join(out.errors) or None, selector=selector_text,

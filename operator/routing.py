@@ -103,7 +103,8 @@ def versioned(table: RoutingTable, previous: RoutingTable | None) -> RoutingTabl
     return table.model_copy(update={"version": previous.version + 1})
 
 
-def endpoint_statuses(spec: PoolSpec, name: str, pods: Iterable[Pod], table: RoutingTable) -> tuple[EndpointStatus, ...]:
+def endpoint_statuses(spec: PoolSpec, name: str, pods: Iterable[Pod],
+                      table: RoutingTable) -> tuple[EndpointStatus, ...]:
     """Each selected pod (ready or not) and each static endpoint, for the pool's ``status.endpoints``."""
     in_table = {e.id: e for e in table.endpoints}
     out = []

@@ -45,7 +45,8 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def compute_conditions(obs: Observation, previous: Iterable[Mapping[str, Any]] = (), now: str = "") -> tuple[Condition, ...]:
+def compute_conditions(obs: Observation, previous: Iterable[Mapping[str, Any]] = (),
+                       now: str = "") -> tuple[Condition, ...]:
     """Ready, Progressing and Degraded for `obs`; `now` stamps the conditions whose status changed."""
     now = now or now_rfc3339()
     serving = obs.ready + obs.static
