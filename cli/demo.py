@@ -58,7 +58,7 @@ def demo_command(
     seed: int = typer.Option(7, help="Seed of the request mix."),
 ) -> None:
     """Run three simulated replicas and the router on 127.0.0.1, and drive traffic through each method."""
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 110)  # piped: wide enough for the table
     with tempfile.TemporaryDirectory(prefix="maitred-demo-") as tmp, ProcessGroup(Path(tmp)) as procs:
         workdir = Path(tmp)
         urls = _start_replicas(procs)
@@ -70,7 +70,7 @@ def demo_command(
         router_url = f"http://{HOST}:{router_port}"
         wait_until_up(router_url + "/readyz")
         console.print(f"[bold]maitred demo[/]: replicas {', '.join(f'{n} ({s:g}x speed)' for n, s in REPLICAS.items())}"
-                      f", router at {router_url}, logs in {workdir}")
+                      f", router at {router_url}")
         results = asyncio.run(_run(router_url, table_path, urls, requests, concurrency, seed, procs, console))
         console.print(_method_table(results))
         console.print(_failover_table(results["failover"], results["killed_at"]))

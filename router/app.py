@@ -14,6 +14,7 @@ import aiohttp
 from fastapi import FastAPI, Response
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maitred.router.asgi import Receive, Scope, Send
 from maitred.router.core import Router
@@ -31,7 +32,7 @@ def create_app(router: Router, source: TableSource | None = None):
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/") and not (
-            scope["method"] == "GET" and scope["path"] == "/v1/models"
+            scope["method"] in ("GET", "HEAD") and scope["path"] == "/v1/models"
         ):
             await proxy(scope, receive, send)
         else:
@@ -79,7 +80,7 @@ def _control_app(router: Router, source: TableSource | None) -> FastAPI:
     async def debug_table() -> Response:
         return _json(router.snapshot())
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models() -> Response:
         table = router.endpoints.table
         names = list(table.models) if table and table.models else await _backend_models(router)
@@ -87,10 +88,14 @@ def _control_app(router: Router, source: TableSource | None) -> FastAPI:
             {"id": name, "object": "model", "created": 0, "owned_by": table.pool if table else "maitred"}
             for name in names]})
 
-    @app.exception_handler(404)
-    async def not_found(request, exc) -> Response:
-        body = error_body(f"no route for {request.method} {request.url.path}", "invalid_request_error", "not_found")
-        return Response(body, status_code=404, media_type="application/json")
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException) -> Response:
+        # The router's own errors, in OpenAI's format like those of the proxied paths (not FastAPI's {"detail"}).
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        message = (f"no route for {request.method} {request.url.path}" if exc.status_code in (404, 405)
+                   else str(exc.detail))
+        return Response(error_body(message, "invalid_request_error", code), status_code=exc.status_code,
+                        media_type="application/json", headers={"x-maitred-error": code, **(exc.headers or {})})
 
     return app
 

@@ -67,6 +67,9 @@ class Router:
         self.table_error = None
         self.metrics.table_loads.labels("applied").inc()
         self.health.kick()
+        if not table.endpoints:
+            log.warning("routing table %s version %d has no endpoints: every request gets 503", table.pool,
+                        table.version)
         log.info("routing table %s version %d applied: %s, %d endpoints (added %s, removed %s)",
                  table.pool, table.version, table.method, len(table.endpoints),
                  ", ".join(change.added) or "none", ", ".join(change.removed) or "none")

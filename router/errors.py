@@ -40,5 +40,7 @@ async def send_error(
     ]
     if request_id:
         headers.append((b"x-request-id", request_id))
+    if status == 503:
+        headers.append((b"retry-after", b"1"))  # no endpoint now; health checks may bring one back soon
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -76,6 +76,10 @@ class HealthChecker:
         if state.healthy and state.check_failures >= threshold:
             self._endpoints.set_health(state, False, f"{reason} ({state.check_failures} times in a row)")
             log.warning("endpoint %s is unhealthy: %s", state.id, reason)
+        elif state.healthy:
+            state.health_reason = f"{reason} ({state.check_failures} of {threshold} failures before ejection)"
+        else:
+            state.health_reason = f"{reason} ({state.check_failures} times in a row)"
 
     def request_succeeded(self, state: EndpointState) -> None:
         """Record an answer from the endpoint (2xx-4xx)."""

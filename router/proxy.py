@@ -84,6 +84,10 @@ class Proxy:
         outcome = Outcome(started=started)
         model = None
         try:
+            if _header_bytes(scope) > MAX_HEADER_BYTES:
+                outcome.status = 431
+                return await send_error(send, 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes in all",
+                                        "invalid_request_error", "headers_too_large", request_id=request_id[:64])
             body = await self._read_body(scope, receive, send, request_id, outcome)
             if body is None:
                 return
@@ -132,8 +136,11 @@ class Proxy:
                                     "invalid_json", request_id=request_id)
         if model is None:
             outcome.status = 400
-            return await send_error(send, 400, "you must provide a model parameter", "invalid_request_error",
-                                    "missing_model", param="model", request_id=request_id)
+            given = parsed.get("model") if isinstance(parsed, dict) else None
+            message = ("you must provide a model parameter" if given is None
+                       else f"model must be a non-empty string, not {orjson.dumps(given).decode()[:80]}")
+            return await send_error(send, 400, message, "invalid_request_error", "missing_model", param="model",
+                                    request_id=request_id)
         table = self.router.endpoints.table
         if table is not None and table.models and model not in table.models:
             outcome.status = 404
@@ -219,9 +226,11 @@ class Proxy:
             elif getattr(exc, "per_try", False):
                 reason = f"no response headers within the per-try timeout ({table.retries.per_try_timeout_seconds:g} s)"
             else:
-                # The idle or overall timeout: the endpoint took the request; another try would double the work.
-                return await self._fail(send, 504, "upstream timed out before response headers", "upstream_timeout",
-                                        request_id, outcome)
+                # The idle or overall timeout: the endpoint took the request, so another try would double
+                # the work; but a replica that hangs must still leave the rotation.
+                reason = "timed out waiting for response headers (idle or request timeout)"
+                health.request_failed(endpoint, reason)
+                return await self._fail(send, 504, reason, "upstream_timeout", request_id, outcome)
             health.request_failed(endpoint, reason)
             return _Retry(reason, "upstream_timeout", 504)
         except aiohttp.ClientError as exc:
@@ -231,7 +240,7 @@ class Proxy:
             return _Retry(reason, "upstream_connect_error")
         try:
             status = resp.status
-            if status >= 500:
+            if status >= 500 and not _sheds_load(resp):
                 health.request_failed(endpoint, f"HTTP {status}")
                 if can_retry and status in table.retries.on_status:
                     return _Retry(f"HTTP {status}", f"upstream_{status}", status)
@@ -358,6 +367,21 @@ class Proxy:
 
 
 _NOT_PARSED = object()
+#: Larger request headers in all are refused (431), not forwarded: NGINX's default is 4 x 8 KiB.
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _sheds_load(resp: aiohttp.ClientResponse) -> bool:
+    """A 503 with Retry-After: a replica turning work away while busy (vLLM, the simulator), not failing.
+
+    It may be retried elsewhere, but it does not count towards ejection: ejecting a busy replica
+    pushes its load onto the others, and a whole pool can go down that way.
+    """
+    return resp.status == 503 and "Retry-After" in resp.headers
+
+
+def _header_bytes(scope: Scope) -> int:
+    return sum(len(k) + len(v) for k, v in scope["headers"])
 
 
 def _parse(scope: Scope, body: bytes):

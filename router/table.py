@@ -20,6 +20,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
+from yarl import URL
 
 #: The balancing methods a table may name; each is one module in :mod:`maitred.router.balancing`.
 Method = Literal["round-robin", "least-connections", "weighted", "least-response-time", "least-load",
@@ -36,19 +37,25 @@ class Endpoint(_Model):
 
     id: str = Field(min_length=1)
     url: str = Field(pattern=r"^https?://[^/\s]+(/.*)?$", description="base URL, e.g. http://10.1.2.3:8000")
-    weight: int = Field(default=1, ge=0, description="relative share for `weighted`; 0 takes no traffic")
+    weight: int = Field(default=1, ge=0, strict=True, description="relative share for `weighted`; 0 takes no traffic")
     zone: str | None = None
 
     @field_validator("url")
     @classmethod
-    def _strip_slash(cls, url: str) -> str:
+    def _valid_url(cls, url: str) -> str:
+        try:
+            port = URL(url).port
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        if port is None or not 0 < port < 65536:
+            raise ValueError(f"port must be 1-65535 in {url}")
         return url.rstrip("/")
 
 
 class HealthCheck(_Model):
     """Active health checks: GET `path` every `period_seconds`; eject after `failure_threshold` failures."""
 
-    path: str = "/health"
+    path: str = Field(default="/health", pattern=r"^/\S*$", description="absolute path, e.g. /health")
     period_seconds: float = Field(default=5.0, gt=0)
     timeout_seconds: float = Field(default=2.0, gt=0)
     failure_threshold: int = Field(default=3, ge=1)

@@ -42,9 +42,8 @@ def make_balancer(
     name: str, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic
 ) -> Balancer:
     """Build the balancer registered as `name`. Raises KeyError for an unknown name."""
-    if not _REGISTRY:
-        for module in _MODULES:
-            importlib.import_module(f"{__name__}.{module}")
+    for module in _MODULES:  # each registers itself on first import; later imports are dict lookups
+        importlib.import_module(f"{__name__}.{module}")
     try:
         cls = _REGISTRY[name]
     except KeyError:
