@@ -14,14 +14,12 @@ Writes `overhead.json` and `overhead.md` to the output folder. Needs `wrk` and `
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,54 +28,18 @@ from pathlib import Path
 
 import httpx
 
+from maitred.cli.processes import ProcessGroup, wait_until_up
+from maitred.cli.processes import free_port as _free_port
+
 HOST = "127.0.0.1"
+free_port = functools.partial(_free_port, HOST)
+wait_http = wait_until_up
 CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 FIXED_COMPLETION = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench-model",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
 })
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up within {timeout_s} s")
-
-
-class Processes:
-    """Starts processes in their own groups and stops them all on exit."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir, self.procs = logdir, []
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.logdir / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def nginx_conf(workdir: Path, fixed_port: int, upstreams: dict[str, tuple[int, int]]) -> Path:
@@ -140,18 +102,15 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="maitred-bench-"))
     for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
         (workdir / sub).mkdir()
-    procs = Processes(workdir)
-    try:
+    with ProcessGroup(workdir) as procs:
         rows = run_all(procs, workdir, args.seconds, has_nginx)
-    finally:
-        procs.stop_all()
     write_results(rows, args.out, args.seconds)
 
 
-def run_all(procs: Processes, workdir: Path, seconds: float, has_nginx: bool) -> list[dict]:
+def run_all(procs: ProcessGroup, workdir: Path, seconds: float, has_nginx: bool) -> list[dict]:
     sim_port, fixed_port = free_port(), free_port()
-    procs.start("sim", [sys.executable, "-m", "maitred.cli.main", "sim", "--host", HOST, "--port", str(sim_port),
-                        "--model", "bench-model", "--zero-latency", "--log-level", "warning"])
+    procs.maitred("sim", "sim", "--host", HOST, "--port", str(sim_port), "--model", "bench-model", "--zero-latency",
+                  "--log-level", "warning")
     backends = {"sim": sim_port}
     if has_nginx:
         backends["nginx-fixed"] = fixed_port
@@ -162,9 +121,8 @@ def run_all(procs: Processes, workdir: Path, seconds: float, has_nginx: bool) ->
                                      "endpoints": [{"id": name, "url": f"http://{HOST}:{port}"}],
                                      "healthCheck": {"path": "/health", "periodSeconds": 30}}))
         routers[("maitred", name)] = free_port()
-        procs.start(f"maitred-{name}", [sys.executable, "-m", "maitred.cli.main", "router", "--table", str(table),
-                                        "--host", HOST, "--port", str(routers[("maitred", name)]),
-                                        "--no-access-log", "--log-level", "warning"])
+        procs.maitred(f"maitred-{name}", "router", "--table", str(table), "--host", HOST,
+                      "--port", str(routers[("maitred", name)]), "--no-access-log", "--log-level", "warning")
     if has_nginx:
         proxy_ports = {name: (free_port(), port) for name, port in backends.items()}
         for name, (port, _) in proxy_ports.items():

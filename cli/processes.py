@@ -39,13 +39,17 @@ class ProcessGroup:
         self.logdir = logdir
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def maitred(self, name: str, *args: str) -> subprocess.Popen:
-        """Run `maitred ARGS...` (with this interpreter) as `name`."""
-        log = open(self.logdir / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "maitred.cli.main", *args], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        """Run `argv` as `name`, in its own process group, logging to `logdir/NAME.log`."""
+        with open(self.logdir / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
         self.procs[name] = proc
         return proc
+
+    def maitred(self, name: str, *args: str) -> subprocess.Popen:
+        """Run `maitred ARGS...` (with this interpreter) as `name`."""
+        return self.start(name, [sys.executable, "-m", "maitred.cli.main", *args])
 
     def kill(self, name: str) -> None:
         """SIGKILL `name` at once, as a crashing replica would go."""

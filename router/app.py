@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -49,6 +50,10 @@ def _control_app(router: Router, source: TableSource | None) -> FastAPI:
                  asyncio.create_task(router.load.run(router.session))]
         if source is not None:
             tasks.append(asyncio.create_task(source(router)))
+        # Everything built so far lives as long as the process: move it out of the collector's sight, so
+        # that full collections, which walk every tracked object, stop adding tens of ms to the p99.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from maitred.router.balancing import register
+from maitred.router.balancing.least_connections import LeastConnections
 from maitred.router.endpoints import EndpointState
 
 BLOCK_CHARS = 256  # about 64 tokens
@@ -79,14 +80,14 @@ class PrefixAffinity:
 
     def __init__(self, rng: random.Random, clock: Callable[[], float]) -> None:
         self._index: OrderedDict[int, set[str]] = OrderedDict()  # block hash -> ids of endpoints that served it
-        self._turn = rng.randrange(1 << 16)
+        self._least_connections = LeastConnections(rng, clock)
 
     def pick(self, endpoints: Sequence[EndpointState], request: Any = None) -> EndpointState:
         """The endpoint that served the longest prefix of this prompt, unless it is over the load bound."""
         hashes = block_hashes(prompt_text(request))
         bound = LOAD_FACTOR * (sum(e.in_flight for e in endpoints) / len(endpoints) + 1)
         eligible = [e for e in endpoints if e.in_flight <= bound] or list(endpoints)
-        best = self._least_in_flight(self._longest_prefix(eligible, hashes) or eligible)
+        best = self._least_connections.pick(self._longest_prefix(eligible, hashes) or eligible)
         self._remember(hashes, best.id)
         return best
 
@@ -102,12 +103,6 @@ class PrefixAffinity:
         if depth == 0 or depth < MIN_MATCH_RATIO * len(hashes):
             return []
         return [e for e in eligible if e.id in holders]
-
-    def _least_in_flight(self, candidates: Sequence[EndpointState]) -> EndpointState:
-        fewest = min(e.in_flight for e in candidates)
-        tied = [e for e in candidates if e.in_flight == fewest]
-        self._turn += 1
-        return tied[self._turn % len(tied)]
 
     def _remember(self, hashes: list[int], endpoint_id: str) -> None:
         index = self._index
