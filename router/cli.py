@@ -11,7 +11,7 @@ import uvicorn
 
 from maitred.router.app import create_app
 from maitred.router.core import Router
-from maitred.router.proxy import DEFAULT_MAX_BODY_BYTES
+from maitred.router.admission import DEFAULT_MAX_BODY_BYTES
 from maitred.router.sources import watch_configmap, watch_file
 
 

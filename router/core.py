@@ -17,7 +17,7 @@ from maitred.router.endpoints import EndpointRegistry, EndpointState
 from maitred.router.health import HealthChecker
 from maitred.router.load import LoadScraper
 from maitred.router.metrics import RouterMetrics
-from maitred.router.proxy import DEFAULT_MAX_BODY_BYTES
+from maitred.router.admission import DEFAULT_MAX_BODY_BYTES
 from maitred.router.table import RoutingTable
 
 log = logging.getLogger("maitred.router")

@@ -3,7 +3,7 @@
 Raw ASGI rather than FastAPI, because the framework's per-request work would double the router's
 added latency. Per request:
 
-1. read the body (413 past the limit); parse JSON only on paths that name a model (400, 404);
+1. admit it (:mod:`maitred.router.admission`: 431, 413, 400, 404);
 2. pick an endpoint with the table's method, count it in flight, send upstream over a pooled
    keep-alive connection;
 3. before anything reached the client, a connection failure (or a status the table lists) is
@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from maitred.router.admission import ClientGone, Refused, admit
 from maitred.router.asgi import Receive, Scope, Send
 from maitred.router.endpoints import EndpointState, monotonic_s
 from maitred.router.errors import send_error, sse_error_event
@@ -41,13 +42,6 @@ HOP_BY_HOP = frozenset(
      b"host", b"content-length", b"proxy-authenticate", b"proxy-authorization"}
 )
 _RESPONSE_DROP = HOP_BY_HOP - {b"content-length"}
-#: Paths whose body must be JSON naming a model.
-MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-
-
-class ClientGone(Exception):
-    """The client disconnected."""
 
 
 @dataclass(slots=True)
@@ -84,69 +78,18 @@ class Proxy:
         outcome = Outcome(started=started)
         model = None
         try:
-            if _header_bytes(scope) > MAX_HEADER_BYTES:
-                outcome.status = 431
-                return await send_error(send, 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes in all",
-                                        "invalid_request_error", "headers_too_large", request_id=request_id[:64])
-            body = await self._read_body(scope, receive, send, request_id, outcome)
-            if body is None:
-                return
-            parsed, model = _parse(scope, body)
-            await self._validate(parsed, model, send, request_id, outcome)
-            if outcome.status:
-                return
-            if parsed is _NOT_PARSED:
-                parsed = None
-            await self._forward_until_disconnect(scope, receive, send, body, parsed, request_id, outcome)
+            request = await admit(scope, receive, self.router.max_body_bytes, self.router.endpoints.table)
+            model = request.model
+            await self._forward_until_disconnect(scope, receive, send, request.body, request.parsed, request_id,
+                                                 outcome)
+        except Refused as refusal:
+            outcome.status, model = refusal.status, refusal.model
+            await send_error(send, refusal.status, refusal.message, "invalid_request_error", refusal.code,
+                             param=refusal.param, request_id=request_id[:64])
         except ClientGone:
             outcome.status, outcome.error = 499, "client disconnected"
         finally:
             self._log(scope, request_id, model, outcome, time.perf_counter() - started)
-
-    async def _read_body(self, scope, receive, send, request_id, outcome) -> bytes | None:
-        limit = self.router.max_body_bytes
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._too_large(send, request_id, outcome, limit)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return await self._too_large(send, request_id, outcome, limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    async def _too_large(self, send, request_id, outcome, limit) -> None:
-        outcome.status = 413
-        await send_error(send, 413, f"request body is larger than the limit of {limit} bytes",
-                         "invalid_request_error", "request_too_large", request_id=request_id)
-
-    async def _validate(self, parsed, model, send, request_id, outcome) -> None:
-        """On model paths: 400 for bad JSON or no model, 404 for a model the pool does not serve."""
-        if parsed is _NOT_PARSED:
-            return
-        if isinstance(parsed, orjson.JSONDecodeError):
-            outcome.status = 400
-            return await send_error(send, 400, f"request body is not valid JSON: {parsed}", "invalid_request_error",
-                                    "invalid_json", request_id=request_id)
-        if model is None:
-            outcome.status = 400
-            given = parsed.get("model") if isinstance(parsed, dict) else None
-            message = ("you must provide a model parameter" if given is None
-                       else f"model must be a non-empty string, not {orjson.dumps(given).decode()[:80]}")
-            return await send_error(send, 400, message, "invalid_request_error", "missing_model", param="model",
-                                    request_id=request_id)
-        table = self.router.endpoints.table
-        if table is not None and table.models and model not in table.models:
-            outcome.status = 404
-            await send_error(send, 404, f"the model `{model}` does not exist in pool {table.pool}; "
-                             f"served: {', '.join(table.models)}", "invalid_request_error", "model_not_found",
-                             param="model", request_id=request_id)
 
     async def _forward_until_disconnect(self, scope, receive, send, body, parsed, request_id, outcome) -> None:
         """Forward, while a watcher cancels the forwarding the moment the client disconnects."""
@@ -366,11 +309,6 @@ class Proxy:
             }).decode())
 
 
-_NOT_PARSED = object()
-#: Larger request headers in all are refused (431), not forwarded: NGINX's default is 4 x 8 KiB.
-MAX_HEADER_BYTES = 64 * 1024
-
-
 def _sheds_load(resp: aiohttp.ClientResponse) -> bool:
     """A 503 with Retry-After: a replica turning work away while busy (vLLM, the simulator), not failing.
 
@@ -378,33 +316,6 @@ def _sheds_load(resp: aiohttp.ClientResponse) -> bool:
     pushes its load onto the others, and a whole pool can go down that way.
     """
     return resp.status == 503 and "Retry-After" in resp.headers
-
-
-def _header_bytes(scope: Scope) -> int:
-    return sum(len(k) + len(v) for k, v in scope["headers"])
-
-
-def _parse(scope: Scope, body: bytes):
-    """(parsed body, model name) on model paths; (_NOT_PARSED, None) elsewhere, where bodies are not read.
-
-    A body that is not JSON comes back as its JSONDecodeError; a model that is missing or not a
-    non-empty string as None.
-    """
-    if scope["method"] != "POST" or scope["path"] not in MODEL_PATHS:
-        return _NOT_PARSED, None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return exc, None
-    model = parsed.get("model") if isinstance(parsed, dict) else None
-    return parsed, (model if isinstance(model, str) and model else None)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 _ids = random.Random()
