@@ -75,6 +75,12 @@ def _finish(node: dict, defs: dict) -> dict:
             out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
         elif key == "items":
             out[key] = _structural(value, defs)
+        elif key == "patternProperties":  # dict[Key, Value]: not structural; the key's pattern becomes CEL
+            ((pattern, value_schema),) = value.items()
+            out["additionalProperties"] = _structural(value_schema, defs)
+            out.setdefault("x-kubernetes-validations", []).append(_key_rule(pattern, node.get("propertyNames")))
+        elif key == "propertyNames":
+            continue  # see patternProperties
         elif key == "exclusiveMinimum":
             out["minimum"], out["exclusiveMinimum"] = value, True
         elif key == "default":
@@ -86,13 +92,24 @@ def _finish(node: dict, defs: dict) -> dict:
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
         out["additionalProperties"] = _structural(extra, defs)
-    elif extra is True or (out.get("type") == "object" and "properties" not in out and extra is None):
+    elif extra is True or (out.get("type") == "object" and "properties" not in out
+                           and "additionalProperties" not in out):
         out["x-kubernetes-preserve-unknown-fields"] = True
     if out.get("type") == "object" and "properties" in out and extra is True:
         out["x-kubernetes-preserve-unknown-fields"] = True
     if out.get("type") == "array" and isinstance(out.get("default"), list) is False and "default" in out:
         out["default"] = list(out["default"])
     return out
+
+
+def _key_rule(pattern: str, names: dict | None) -> dict:
+    """The CEL rule that checks a map's keys against `pattern` (a structural schema cannot say it)."""
+    assert "'" not in pattern and "\\" not in pattern, "the pattern must be a plain CEL string"
+    limit = (names or {}).get("maxLength")
+    rule = f"self.all(k, {f'size(k) <= {limit} && ' if limit else ''}k.matches('{pattern}'))"
+    return {"rule": rule, "message": "keys must be label keys: an optional DNS-subdomain prefix and '/', then at most"
+                                     " 63 characters of [A-Za-z0-9-_.], beginning and ending with a letter or digit",
+            "reason": "FieldValueInvalid"}
 
 
 def _resolve(node: dict, defs: dict) -> dict:

@@ -48,8 +48,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+#: A label value, as Kubernetes defines it: at most 63 of [A-Za-z0-9-_.], beginning and ending alphanumeric, or empty.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: A label key: an optional DNS-subdomain prefix and '/', then a name of at most 63 of [A-Za-z0-9-_.],
+#: beginning and ending alphanumeric (k8s.io/apimachinery validation.IsQualifiedName).
+LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+             r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+LabelKey = Annotated[str, Field(max_length=317, pattern=LABEL_KEY)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 #: Label values are at most 63 characters in Kubernetes; saying so also bounds the CEL rules' cost.
-Labels = dict[str, Annotated[str, Field(max_length=63)]]
+Labels = dict[LabelKey, LabelValue]
+
+#: An http(s) URL whose port, if given, is a number in 1..65535 (an IPv6 host in brackets).
+URL_PATTERN = (r"^https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]@]+)"
+               r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?(/.*)?$")
 
 
 class LabelSelectorRequirement(_Model):
@@ -61,9 +73,9 @@ class LabelSelectorRequirement(_Model):
              "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist", ".values"),
     ))
 
-    key: str = Field(min_length=1, max_length=317)
+    key: LabelKey
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: tuple[str, ...] = Field(default=(), max_length=MAX_ITEMS)
+    values: tuple[LabelValue, ...] = Field(default=(), max_length=MAX_ITEMS)
 
 
 class LabelSelector(_Model):
@@ -83,8 +95,8 @@ class LabelSelector(_Model):
 class StaticEndpoint(_Model):
     """An upstream outside the cluster (or any fixed URL), routed to beside the pool's pods."""
 
-    url: str = Field(pattern=r"^https?://[^/\s]+(/.*)?$", max_length=2048,
-                     description="base URL, e.g. http://10.1.2.3:8000")
+    url: str = Field(pattern=URL_PATTERN, max_length=2048,
+                     description="base URL, e.g. http://10.1.2.3:8000 (a port, if any, in 1..65535)")
     weight: int = Field(default=1, ge=0, description="relative share for `weighted`; 0 takes no traffic")
 
 
@@ -152,6 +164,12 @@ _TEMPLATE_MATCHES_SELECTOR = _cel(
     "the template's labels must include every label of selector.matchLabels, with the same value",
     ".template.metadata.labels")
 
+_SELECTOR_FIXED_WITH_TEMPLATE = _cel(
+    "!has(self.template) || !has(oldSelf.template)"
+    " || (has(self.selector) == has(oldSelf.selector) && (!has(self.selector) || self.selector == oldSelf.selector))",
+    "selector is immutable while the pool has a template (a Deployment's selector cannot change):"
+    " delete the pool and create it again, or remove the template first", ".selector")
+
 _SOMETHING_TO_ROUTE_TO = _cel(
     "has(self.selector) || has(self.template) || (has(self.endpoints) && size(self.endpoints) > 0)",
     "at least one of selector, template or endpoints is required", reason="FieldValueRequired")
@@ -165,9 +183,12 @@ class PoolSpec(_Model):
     `endpoints`. Raises :class:`pydantic.ValidationError` on a bad spec (the CRD refuses most of those first).
     """
 
-    model_config = ConfigDict(json_schema_extra=_rules(_SOMETHING_TO_ROUTE_TO, _TEMPLATE_MATCHES_SELECTOR))
+    model_config = ConfigDict(json_schema_extra=_rules(_SOMETHING_TO_ROUTE_TO, _TEMPLATE_MATCHES_SELECTOR,
+                                                       _SELECTOR_FIXED_WITH_TEMPLATE))
 
-    replicas: int = Field(default=1, ge=0, description="replicas of the template's Deployment (scale subresource)")
+    replicas: int = Field(default=1, ge=0, description=(
+        "replicas of the template's Deployment (scale subresource); without a template it is ignored (the"
+        " pods the selector matches are the replicas) and the pool says so in its Progressing condition"))
     selector: LabelSelector | None = Field(default=None, description=(
         "the pods that are the pool's replicas (matchLabels and matchExpressions, as in a Deployment);"
         " with a template and no selector, the pool's own label maitred.dev/pool=<name>"))

@@ -24,6 +24,20 @@ INVALID = [
     ("a port name that is no IANA name", {**SELECTOR, "port": "Not_A_Name"}, "spec.port", "IANA service name"),
     ("a static endpoint that is no HTTP URL", {"endpoints": [{"url": "ftp://x"}]}, "spec.endpoints[0].url",
      "should match"),
+    ("a static endpoint port out of range", {"endpoints": [{"url": "http://host:99999"}]}, "spec.endpoints[0].url",
+     "should match"),
+    ("a static endpoint port that is no number", {"endpoints": [{"url": "http://host:abc/"}]},
+     "spec.endpoints[0].url", "should match"),
+    ("a label value with a space", {"selector": {"matchLabels": {"a": "b c"}}}, "spec.selector.matchLabels.a",
+     "should match"),
+    ("a label key that is no label key", {"selector": {"matchLabels": {"bad key!": "b"}}},
+     "spec.selector.matchLabels", "keys must be label keys"),
+    ("an expression value that is no label value",
+     {"selector": {"matchExpressions": [{"key": "a", "operator": "In", "values": ["x/y"]}]}},
+     "spec.selector.matchExpressions[0].values[0]", "should match"),
+    ("template labels that are no labels",
+     {"template": {"metadata": {"labels": {"app": "-x"}}, "spec": TEMPLATE_SPEC}},
+     "spec.template.metadata.labels.app", "should match"),
     ("In without values", {"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
      "spec.selector.matchExpressions[0].values", "must be non-empty for In and NotIn"),
     ("negative replicas", {**SELECTOR, "replicas": -1}, "spec.replicas", "greater than or equal to 0"),
@@ -62,3 +76,19 @@ def test_a_valid_pool_gets_its_defaults_from_the_api_server(pools):
     assert spec["healthCheck"] == {"path": "/health", "periodSeconds": 5, "timeoutSeconds": 2,
                                    "failureThreshold": 3, "successThreshold": 1}
     assert spec["router"] == {"replicas": 2, "port": 8080, "serviceType": "ClusterIP"}
+
+
+def test_the_selector_of_a_pool_with_a_template_cannot_change(pools):
+    template = {"metadata": {"labels": {"app": "x", "v": "1"}}, "spec": TEMPLATE_SPEC}
+    pools.apply("fixed", {**SELECTOR, "template": template})
+
+    done = pools.apply("fixed", {"selector": {"matchLabels": {"app": "x", "v": "1"}}, "template": template},
+                       check=False)
+
+    assert done.returncode != 0, "the selector changed"
+    assert "spec.selector:" in done.stderr and "immutable while the pool has a template" in done.stderr, done.stderr
+    assert pools.get("fixed")["spec"]["selector"]["matchLabels"] == {"app": "x"}
+    # Without a template, a selector is free to change (no Deployment holds it).
+    pools.apply("free", SELECTOR)
+    pools.apply("free", {"selector": {"matchLabels": {"app": "z"}}})
+    assert pools.get("free")["spec"]["selector"]["matchLabels"] == {"app": "z"}
