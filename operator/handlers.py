@@ -11,7 +11,10 @@ pod events only rewrite the table and the status.
 
 All of them are ``on.event`` handlers, so kopf keeps no state on the pools and adds no finalizer: the
 children go with their pool through ownerReferences. With peering, kopf stops delivering events to an
-operator that another one of higher priority outranks, so a standby replica never acts.
+operator that another one of higher priority outranks; and since a worker may still hold a retry, every
+reconcile first asks the peering object whether this replica may act (:class:`~maitred.operator.peering.Standing`),
+drops its retries if not, and reads the pool fresh (GET) rather than act on a body it saw earlier. On
+resume, kopf lists the pools again, which kicks every worker.
 
 Shared objects (the API client, the workers, the router image) live in kopf's ``memo``.
 """
@@ -23,7 +26,8 @@ import logging
 import kopf
 
 from maitred.operator import models
-from maitred.operator.kube import Kube
+from maitred.operator.kube import Kube, object_path
+from maitred.operator.peering import Standing
 from maitred.operator.reconcile import Outcome, reconcile_pool
 from maitred.operator.workers import PoolWorker, Pools
 
@@ -38,6 +42,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.watching.server_timeout = 270  # re-watch now and then, as kubectl does
     settings.batching.batch_window = 0.05  # s: a pod's event reaches its pool's table fast
     memo.kube = await Kube.connect(memo.get("kubeconfig"))
+    peering = settings.peering
+    memo.standing = None if peering.standalone else Standing(memo.kube, peering.name, peering.priority,
+                                                              peering.clusterwide)
     memo.pools = Pools(lambda body, worker: _reconcile(memo, body, worker))
 
 
@@ -72,7 +79,19 @@ def child_event(type: str | None, namespace: str, meta: kopf.Meta, memo: kopf.Me
 
 
 async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
-    """Reconcile one pool (children too if not yet written for this spec); True if all went well."""
+    """Reconcile one pool (children too if not yet written for this spec); True if done (no retry needed).
+
+    Nothing is done (and nothing retried) while another replica outranks this one; the pool is read fresh,
+    so that a retry never writes what an older spec asked for.
+    """
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if memo.get("standing") is not None and not await memo.standing.may_act(namespace):
+        log.info("pool %s: another operator replica acts; standing by", worker.key)
+        return True
+    body = await memo.kube.get(object_path(models.API_VERSION, models.KIND, namespace, name))
+    if body is None or body["metadata"].get("uid") != worker.body["metadata"].get("uid"):
+        return True  # deleted (or deleted and created again: its events start a new worker)
+    worker.body = body
     before = worker.last_status
     children_key = (body["metadata"].get("generation"), memo.router_image)
     out = await reconcile_pool(memo.kube, body, router_image=memo.router_image, last_status=worker.last_status,

@@ -103,8 +103,14 @@ class Kube:
             if exc.status not in (404, 409):
                 raise
 
-    async def patch_pool_status(self, namespace: str, name: str, status: dict) -> dict:
-        """Merge-patch the pool's status subresource (lists in it are replaced whole)."""
+    async def patch_pool_status(self, namespace: str, name: str, status: dict,
+                                resource_version: str | None = None) -> dict:
+        """Merge-patch the pool's status subresource (lists in it are replaced whole).
+
+        With `resource_version`, only if the pool still has it (else :class:`ApiError` 409 Conflict).
+        """
         path = object_path(models.API_VERSION, models.KIND, namespace, name) + "/status"
-        return await self.request("PATCH", path, body={"status": status},
-                                  content_type="application/merge-patch+json")
+        body: dict = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self.request("PATCH", path, body=body, content_type="application/merge-patch+json")

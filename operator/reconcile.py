@@ -148,19 +148,31 @@ async def _prune_replicas(kube: Kube, pool: PoolRef) -> None:
 
 async def _write_status(kube: Kube, pool: PoolRef, body: dict, out: Outcome, last_status: dict | None,
                         obs: Observation) -> None:
-    """Write the status if it differs from both the pool's and the one this process wrote last."""
+    """Write the status if it differs from the pool's (`body`, read fresh).
+
+    Never for an older spec than the status already reports (observedGeneration never moves back), and only
+    onto the `body` read (resourceVersion precondition): if the pool changed meanwhile, the write fails with
+    409 and the caller tries again with the pool read anew.
+    """
     current = body.get("status") or {}
-    status = status_patch(compute_status(obs, last_status or current))
+    status = status_patch(compute_status(obs, current or last_status))
     out.status = status
-    if status == current or status == last_status:
+    if status == current or stale(current, pool.generation):
         return
     try:
-        await kube.patch_pool_status(pool.namespace, pool.name, status)
+        await kube.patch_pool_status(pool.namespace, pool.name, status,
+                                     resource_version=body["metadata"].get("resourceVersion"))
     except ApiError as exc:
         if exc.status == 404:
             out.gone = True
             return
         out.errors.append(f"status: {exc.message or exc}")
+
+
+def stale(current: dict, generation: int | None) -> bool:
+    """True if `current` status already reports a newer spec than `generation` (writing would go backwards)."""
+    observed = current.get("observedGeneration")
+    return observed is not None and generation is not None and observed > generation
 
 
 def _first_error(exc: pydantic.ValidationError) -> str:

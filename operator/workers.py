@@ -4,6 +4,8 @@ Events only *kick* a pool; the worker then reconciles from the current state of 
 Ten pod events during one reconcile cause one more reconcile, not ten. A failed reconcile is tried again
 after a backoff that doubles (0.5 s to 30 s), and at once on the next kick. Workers of different pools are
 independent tasks, so one bad pool never stops the operator from serving the others.
+The reconcile function reads the pool fresh before it writes (`body` only names the pool), and reports
+success when another operator replica outranks this one, which drops the pending retries.
 """
 
 from __future__ import annotations

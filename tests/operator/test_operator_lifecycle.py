@@ -114,6 +114,30 @@ def test_two_operators_never_both_act(pools, start_operator, replicas_kubelet):
     wait_for(lambda: "1 endpoint(s)" in low.log()[len(paused_log):], 10, "the resumed operator to act")
 
 
+def test_a_paused_operator_drops_its_retries_and_never_writes_an_older_spec(pools, start_operator):
+    # The low-priority operator alone fails to write the table (a ConfigMap in the way): it retries with backoff.
+    low = start_operator(priority=5)
+    pools.kubectl("apply", "-f", "-", input=blocking_configmap("static-routing"))
+    pools.apply("static", {"endpoints": [{"url": "http://127.0.1.250:8000"}]})
+    wait_for(lambda: pools.condition("static", "Degraded").get("reason") == "ReconcileFailed", 30, "a failed write")
+
+    start_operator(priority=10)
+    wait_for(lambda: "Pausing operations in favour of" in low.log(), 30, "the low-priority operator to pause")
+    pools.apply("static", {"endpoints": [{"url": "http://127.0.1.251:8000"}]})  # generation 2
+    pools.kubectl("delete", "configmap", "static-routing")
+    wait_for(lambda: pools.get("static")["status"].get("observedGeneration") == 2
+             and pools.condition("static", "Degraded").get("status") == "False", 45, "the high one's status")
+
+    # The low one's next retry (at most 30 s later) finds itself outranked and stands by.
+    wait_for(lambda: "standing by" in low.log(), 45, "the paused operator's retry to stand by", interval_s=0.5)
+    time.sleep(1)
+    status = pools.get("static")["status"]
+    assert status["observedGeneration"] == 2
+    assert pools.condition("static", "Degraded")["status"] == "False"
+    assert [e.url for e in pools.table("static").endpoints] == ["http://127.0.1.251:8000"]
+    assert "reconcile failed" not in low.log().split("Pausing operations", 1)[1].split("standing by", 1)[1]
+
+
 def test_a_pod_deleted_while_the_operator_was_down_leaves_the_table_when_it_is_back(
         pools, start_operator, replicas_kubelet):
     first = start_operator()
