@@ -101,7 +101,7 @@ async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
         worker.children_applied_for = children_key
     if not out.gone:
         _report(body, worker.key, out, before)
-    return out.ok or out.gone
+    return out.ok or out.gone or out.invalid is not None  # no retry mends an invalid spec; its next change kicks
 
 
 def _report(body: dict, key: str, out: Outcome, before: dict | None) -> None:
@@ -119,9 +119,16 @@ def _report(body: dict, key: str, out: Outcome, before: dict | None) -> None:
     if out.removed:
         kopf.event(body, type="Normal", reason="EndpointsRemoved", message=f"removed from the routing table: "
                                                                            f"{', '.join(out.removed)}")
-    ready, was_ready = _condition(out.status, "Ready"), _condition(before or body.get("status"), "Ready")
+    previous = before or body.get("status")
+    ready, was_ready = _condition(out.status, "Ready"), _condition(previous, "Ready")
     if ready and ready["status"] != "True" and was_ready.get("reason") != ready["reason"]:
-        kopf.warn(body, reason=ready["reason"], message=ready["message"])  # e.g. NoReadyEndpoints
+        # A new pool waits for its pods as a matter of course; losing every endpoint is worth a warning.
+        kind = "Warning" if was_ready.get("status") == "True" else "Normal"
+        kopf.event(body, type=kind, reason=ready["reason"], message=ready["message"])  # e.g. NoReadyEndpoints
+    degraded, was_degraded = _condition(out.status, "Degraded"), _condition(previous, "Degraded")
+    if degraded.get("reason") in ("InvalidSpec", "ReconcileFailed") and (
+            (degraded["reason"], degraded["message"]) != (was_degraded.get("reason"), was_degraded.get("message"))):
+        kopf.warn(body, reason=degraded["reason"], message=degraded["message"])
     for error in out.errors:
         log.warning("pool %s: %s", key, error)
 

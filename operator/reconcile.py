@@ -21,6 +21,9 @@ from maitred.operator.children import (
     TABLE_KEY, PoolRef, build_children, build_configmap, routing_configmap_name)
 from maitred.operator.kube import ApiError, Kube, object_path
 from maitred.operator.models import PoolSpec
+
+#: spec.replicas when the user gives none (the CRD's default).
+DEFAULT_REPLICAS = PoolSpec.model_fields["replicas"].default
 from maitred.operator.routing import (
     build_routing_table, effective_selector, endpoint_statuses, selected_pods, versioned)
 from maitred.operator.selectors import to_string
@@ -41,6 +44,7 @@ class Outcome:
     status: dict | None = None
     pod_names: frozenset[str] = frozenset()
     children_applied: bool = False  # every child was written
+    invalid: str | None = None  # the spec cannot be served (no retry helps): why
     gone: bool = False  # the pool no longer exists
 
     @property
@@ -74,29 +78,31 @@ async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_stat
     """Bring the pool `body` (as the API returns it) and its children to their desired state. See the module doc.
 
     `with_children=False` skips the children, which depend on the spec alone: the caller passes it when
-    only pods changed since it last applied them for this spec. Raises only for errors that are not the
-    API server's answer (network, timeouts): the caller retries.
+    only pods changed since it last applied them for this spec. A spec that passed the CRD but cannot be
+    served (a static URL or a selector the router's models or the API server refuse) sets `invalid`
+    (Degraded=True, reason InvalidSpec). Raises only for errors that are not the API server's answer
+    (network, timeouts): the caller retries.
     """
     pool = PoolRef.from_body(body)
     out = Outcome()
     try:
         spec = PoolSpec.model_validate(body.get("spec") or {})
-    except pydantic.ValidationError as exc:
-        out.errors.append(f"invalid spec: {_first_error(exc)}")
+        selector = effective_selector(spec, pool.name)
+        selector_text = to_string(selector) if selector else ""
+        pods = await _list_pods(kube, pool.namespace, selector_text) if selector else []
+        configmap_path = object_path("v1", "ConfigMap", pool.namespace, routing_configmap_name(pool.name))
+        previous = table_in_configmap(await kube.get(configmap_path))
+        fresh = build_routing_table(spec, pods, pool=pool.key, previous=previous)
+    except (pydantic.ValidationError, InvalidSpec) as exc:  # the router's models check more than the CRD can
+        out.invalid = f"invalid spec: {_first_error(exc) if isinstance(exc, pydantic.ValidationError) else exc}"
+        out.errors.append(out.invalid)
         await _write_status(kube, pool, body, out, last_status,
                             Observation(generation=pool.generation, desired=0, matched=0, ready=0,
-                                        error=out.errors[0]))
+                                        error=out.invalid, error_reason="InvalidSpec"))
         return out
 
-    selector = effective_selector(spec, pool.name)
-    selector_text = to_string(selector) if selector else ""
-    pods = await kube.list_pods(pool.namespace, selector_text) if selector else []
     selected = selected_pods(spec, pool.name, pods)
     out.pod_names = frozenset(p["metadata"]["name"] for p in selected)
-
-    configmap_path = object_path("v1", "ConfigMap", pool.namespace, routing_configmap_name(pool.name))
-    previous = table_in_configmap(await kube.get(configmap_path))
-    fresh = build_routing_table(spec, pods, pool=pool.key, previous=previous)
     kept = keep_last_good(fresh, previous, spec)
     table = versioned(fresh.model_copy(update={"endpoints": previous.endpoints}), previous) if kept else fresh
     await _apply(kube, build_configmap(pool, table), out)
@@ -125,9 +131,23 @@ async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_stat
         table_endpoints=len(in_force.endpoints) if in_force else 0,
         table_version=in_force.version if in_force else 0,
         kept_last_good=kept, error="; ".join(out.errors) or None, selector=selector_text,
-        endpoints=endpoint_statuses(spec, pool.name, pods, fresh))
+        endpoints=endpoint_statuses(spec, pool.name, pods, fresh),
+        ignored_replicas=spec.replicas if spec.template is None and spec.replicas != DEFAULT_REPLICAS else None)
     await _write_status(kube, pool, body, out, last_status, obs)
     return out
+
+
+class InvalidSpec(Exception):
+    """The API server refused a read that the pool's spec shaped (e.g. a selector it cannot parse)."""
+
+
+async def _list_pods(kube: Kube, namespace: str, selector: str) -> list[dict]:
+    try:
+        return await kube.list_pods(namespace, selector)
+    except ApiError as exc:
+        if exc.status == 400:  # a selector the API server cannot parse: no retry will fix it
+            raise InvalidSpec(f"selector: {exc.message or exc}") from None
+        raise
 
 
 async def _apply(kube: Kube, manifest: dict, out: Outcome) -> None:

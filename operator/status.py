@@ -23,7 +23,9 @@ class Observation:
     `managed`: the operator owns the replicas (template mode), so `desired` 0 is a choice, not a fault.
     `matched`: pods that match the selector and are not terminating; `ready`: those in the table.
     `static`: static endpoints. `table_endpoints`/`table_version`: the table in force (maybe the last good
-    one, kept: `kept_last_good`). `error`: why a write failed, if one did. `selector`: string form.
+    one, kept: `kept_last_good`). `error`: why a write failed, if one did, or why the spec cannot be served
+    (`error_reason` InvalidSpec). `selector`: string form. `ignored_replicas`: a spec.replicas that a pool
+    without a template ignores (its replicas are the pods the selector matches).
     """
 
     generation: int | None
@@ -36,8 +38,10 @@ class Observation:
     table_version: int = 0
     kept_last_good: bool = False
     error: str | None = None
+    error_reason: str = "ReconcileFailed"
     selector: str = ""
     endpoints: tuple[EndpointStatus, ...] = field(default=())
+    ignored_replicas: int | None = None
 
 
 def now_rfc3339() -> str:
@@ -67,9 +71,12 @@ def compute_conditions(obs: Observation, previous: Iterable[Mapping[str, Any]] =
         progressing = ("True", "ScalingDown", f"{obs.matched} pod(s) for {obs.desired} replica(s)")
     else:
         progressing = ("False", "AllReplicasReady", f"{obs.ready} of {obs.desired} replica(s) ready")
+    if obs.ignored_replicas is not None:
+        progressing = (progressing[0], progressing[1], progressing[2] + f"; spec.replicas ({obs.ignored_replicas})"
+                       " is ignored without a template: the replicas are the pods the selector matches")
 
     if obs.error:
-        degraded = ("True", "ReconcileFailed", obs.error)
+        degraded = ("True", obs.error_reason, obs.error)
     elif ready[0] == "False" and ready[1] != "ScaledToZero":
         degraded = ("True", ready[1], ready[2])
     else:

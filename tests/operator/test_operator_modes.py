@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 
 import pytest
 import yaml
@@ -97,3 +98,35 @@ def test_one_bad_pool_does_not_stop_the_operator_from_serving_the_others(pools, 
     degraded = wait_for(lambda: (c := pools.condition("bad", "Degraded")).get("reason") == "ReconcileFailed" and c,
                         30, "the bad pool Degraded")
     assert "Deployment bad" in degraded["message"]
+    wait_for(lambda: ("Warning", "ReconcileFailed") in {(t, r) for t, r, _ in pools.events("bad")}, 10,
+             "a Warning event ReconcileFailed")
+
+
+def test_a_pool_the_crd_accepts_but_no_retry_can_serve_says_why_once(pools, operator):
+    # A label key whose name part is longer than 63 characters; an IPv6 address that is none.
+    pools.apply("badsel", {"selector": {"matchLabels": {"x" * 64: "v"}}})
+    pools.apply("badurl", {"endpoints": [{"url": "http://[1.2]:8000"}]})
+
+    for name, words in (("badsel", "selector"), ("badurl", "not a valid URL")):
+        degraded = wait_for(lambda: (c := pools.condition(name, "Degraded")).get("reason") == "InvalidSpec" and c,
+                            30, f"{name} Degraded: InvalidSpec")
+        assert degraded["status"] == "True" and words in degraded["message"], degraded
+        assert pools.get(name)["status"]["observedGeneration"] == 1
+        wait_for(lambda: ("Warning", "InvalidSpec") in {(t, r) for t, r, _ in pools.events(name)}, 10,
+                 f"a Warning event InvalidSpec on {name}")
+    time.sleep(2)  # past the first retries there would be
+    assert "reconcile failed" not in operator.log()
+    assert [r for _, r, _ in pools.events("badurl")].count("InvalidSpec") == 1
+
+
+def test_kubectl_scale_of_a_pool_without_a_template_says_replicas_are_ignored(pools, operator, replicas_kubelet):
+    pools.kubectl("apply", "-f", "-", input=pod_manifest("solo", {"app": "solo"}))
+    pools.apply("solo", {"selector": {"matchLabels": {"app": "solo"}}})
+    pools.wait_endpoints("solo", 1)
+
+    pools.kubectl("scale", "aisp/solo", "--replicas=5")
+
+    progressing = wait_for(lambda: (c := pools.condition("solo", "Progressing")).get("observedGeneration") == 2
+                           and c, 30, "the scaled pool's status")
+    assert "spec.replicas (5) is ignored without a template" in progressing["message"]
+    assert pools.get("solo")["status"]["replicas"] == 1

@@ -82,3 +82,22 @@ def test_the_status_serves_the_scale_subresource_and_kubectl_columns():
     assert (status["replicas"], status["readyReplicas"], status["selector"]) == (3, 2, "app=x")
     assert (status["ready"], status["endpointCount"], status["tableVersion"]) == ("2/3", 2, 9)
     assert status["observedGeneration"] == 4
+
+
+def test_a_spec_that_cannot_be_served_is_degraded_as_invalid():
+    obs = Observation(generation=4, desired=0, matched=0, ready=0, error="invalid spec: url: port must be 1-65535",
+                      error_reason="InvalidSpec")
+
+    degraded = next(c for c in compute_conditions(obs, now="T") if c.type == "Degraded")
+
+    assert (degraded.status, degraded.reason, degraded.observed_generation) == ("True", "InvalidSpec", 4)
+    assert "port must be 1-65535" in degraded.message
+
+
+def test_replicas_without_a_template_are_said_to_be_ignored():
+    obs = Observation(generation=1, desired=2, matched=2, ready=2, selector="app=x", ignored_replicas=5)
+
+    progressing = next(c for c in compute_conditions(obs, now="T") if c.type == "Progressing")
+
+    assert (progressing.status, progressing.reason) == ("False", "AllReplicasReady")
+    assert "spec.replicas (5) is ignored without a template" in progressing.message

@@ -40,6 +40,8 @@ def test_a_template_pool_gets_its_pods_a_table_and_a_router_that_spreads_request
     assert pools.condition("llama", "Ready")["status"] == "True"
     assert pools.condition("llama", "Degraded")["status"] == "False"
     assert any(reason == "EndpointsAdded" for _, reason, _ in pools.events("llama"))
+    # Waiting for the first pods to start is no fault: no Warning for it.
+    assert not [(reason, message) for kind, reason, message in pools.events("llama") if kind == "Warning"]
 
 
 def test_kubectl_scale_and_editing_replicas_change_the_endpoints(pools, operator, replicas_kubelet):
