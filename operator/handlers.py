@@ -71,6 +71,9 @@ def pod_event(name: str, namespace: str, labels: kopf.Labels, memo: kopf.Memo, *
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("", "v1", "configmaps", labels=MANAGED)
+@kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
 def child_event(type: str | None, namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_) -> None:
     if type == "DELETED":
         for owner in meta.get("ownerReferences") or ():

@@ -155,3 +155,18 @@ def test_a_pod_deleted_while_the_operator_was_down_leaves_the_table_when_it_is_b
     table = wait_for(lambda: (ids := pools.endpoint_ids("llama")) and victim not in ids and len(ids) == 2 and ids,
                      30, "the table without the deleted pod")
     assert table == {p.metadata.name for p in pools.pods("app=llama")}
+
+
+@pytest.mark.parametrize("kind", ["serviceaccount", "role", "rolebinding", "service", "deployment", "configmap"])
+def test_a_deleted_child_of_any_kind_is_written_again(pools, operator, kind):
+    pools.apply("static", {"endpoints": [{"url": "http://127.0.1.250:8000"}]})
+    name = "static-routing" if kind == "configmap" else "static-router"
+    title = {"serviceaccount": "ServiceAccount", "rolebinding": "RoleBinding", "configmap": "ConfigMap"}.get(
+        kind, kind.capitalize())
+    before = wait_for(lambda: (uids := pools.child_uids("static")).get(title, {}).get(name) and uids, 30,
+                      f"the {title}")
+
+    pools.kubectl("delete", kind, name, "--wait=true", "--timeout=30s")
+
+    wait_for(lambda: pools.child_uids("static").get(title, {}).get(name) not in (None, before[title][name]), 15,
+             f"the {title} written again")
