@@ -32,9 +32,12 @@ MAX_LABELS = 64
 MAX_ITEMS = 256
 
 
-def _cel(rule: str, message: str, field_path: str | None = None, reason: str = "FieldValueInvalid") -> dict:
-    """One ``x-kubernetes-validations`` entry."""
+def _cel(rule: str, message: str, field_path: str | None = None, reason: str = "FieldValueInvalid",
+         message_expression: str | None = None) -> dict:
+    """One ``x-kubernetes-validations`` entry (`message_expression`: CEL that builds the message, e.g. with the value)."""
     entry = {"rule": rule, "message": message, "reason": reason}
+    if message_expression:
+        entry["messageExpression"] = message_expression
     if field_path:
         entry["fieldPath"] = field_path
     return entry
@@ -155,7 +158,10 @@ class PodTemplate(_Model):
 _PORT_RULE = _cel(
     "type(self) == int ? (self >= 1 && self <= 65535) : self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')"
     " && self.matches('[a-z]') && size(self) <= 15",
-    "port must be a number in 1..65535 or the name of a container port (an IANA service name)")
+    "port must be a number in 1..65535 or the name of a container port (an IANA service name)",
+    # The API server prints an int-or-string's value as "": say what it was.
+    message_expression="'port must be a number in 1..65535 or the name of a container port (an IANA service name),"
+                       " not ' + string(self)")
 
 _TEMPLATE_MATCHES_SELECTOR = _cel(
     "!has(self.template) || !has(self.selector) || !has(self.selector.matchLabels)"

@@ -15,7 +15,7 @@ router can read. Field names are camelCase on the wire, as in Kubernetes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -71,7 +71,7 @@ class Retries(_Model):
 
     attempts: int = Field(default=2, ge=0)
     per_try_timeout_seconds: float | None = Field(default=None, gt=0, description="time to response headers")
-    on_status: tuple[int, ...] = (502, 503)
+    on_status: tuple[Annotated[int, Field(ge=400, le=599)], ...] = (502, 503)  # backend errors: 4xx or 5xx
 
 
 class Timeouts(_Model):

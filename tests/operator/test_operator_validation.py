@@ -20,7 +20,12 @@ INVALID = [
     ("a negative weight",
      {**SELECTOR, "balancing": {"weights": [{"selector": {"matchLabels": {"a": "b"}}, "weight": -1}]}},
      "spec.balancing.weights[0].weight", "greater than or equal to 0"),
-    ("a port out of range", {**SELECTOR, "port": 70000}, "spec.port", "1..65535"),
+    ("a port out of range", {**SELECTOR, "port": 70000}, "spec.port", "1..65535 or the name of a container port"
+     " (an IANA service name), not 70000"),
+    ("a retry status that is no error", {**SELECTOR, "retries": {"onStatus": [200, 999]}},
+     "spec.retries.onStatus[0]", "greater than or equal to 400"),
+    ("a retry status above 599", {**SELECTOR, "retries": {"onStatus": [502, 999]}},
+     "spec.retries.onStatus[1]", "less than or equal to 599"),
     ("a port name that is no IANA name", {**SELECTOR, "port": "Not_A_Name"}, "spec.port", "IANA service name"),
     ("a static endpoint that is no HTTP URL", {"endpoints": [{"url": "ftp://x"}]}, "spec.endpoints[0].url",
      "should match"),
