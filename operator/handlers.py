@@ -38,7 +38,9 @@ MANAGED = {"app.kubernetes.io/managed-by": "maitred"}
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
-    settings.posting.level = logging.WARNING  # our own Events say what happened; not every log line
+    # Our own Events say what happened (Kube.post_event, which knows a terminating namespace is no error);
+    # kopf would turn log lines into Events and retry them into namespaces being deleted.
+    settings.posting.enabled = False
     settings.watching.server_timeout = 270  # re-watch now and then, as kubectl does
     settings.batching.batch_window = 0.05  # s: a pod's event reaches its pool's table fast
     memo.kube = await Kube.connect(memo.get("kubeconfig"))
@@ -103,11 +105,11 @@ async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
     if out.children_applied:
         worker.children_applied_for = children_key
     if not out.gone:
-        _report(body, worker.key, out, before)
+        await _report(memo.kube, body, worker.key, out, before)
     return out.ok or out.gone or out.invalid is not None  # no retry mends an invalid spec; its next change kicks
 
 
-def _report(body: dict, key: str, out: Outcome, before: dict | None) -> None:
+async def _report(kube: Kube, body: dict, key: str, out: Outcome, before: dict | None) -> None:
     """Tell the user what a reconcile changed: log lines, and Kubernetes Events on the pool."""
     table = out.table
     if before is None and table is not None:  # the first reconcile of this pool in this process
@@ -117,21 +119,20 @@ def _report(body: dict, key: str, out: Outcome, before: dict | None) -> None:
         log.info("pool %s: routing table version %d, %d endpoint(s) (added: %s; removed: %s)", key,
                  table.version, len(table.endpoints), ", ".join(out.added) or "none", ", ".join(out.removed) or "none")
     if out.added:
-        kopf.event(body, type="Normal", reason="EndpointsAdded", message=f"added to the routing table: "
-                                                                         f"{', '.join(out.added)}")
+        await kube.post_event(body, "Normal", "EndpointsAdded", f"added to the routing table: {', '.join(out.added)}")
     if out.removed:
-        kopf.event(body, type="Normal", reason="EndpointsRemoved", message=f"removed from the routing table: "
-                                                                           f"{', '.join(out.removed)}")
+        await kube.post_event(body, "Normal", "EndpointsRemoved",
+                              f"removed from the routing table: {', '.join(out.removed)}")
     previous = before or body.get("status")
     ready, was_ready = _condition(out.status, "Ready"), _condition(previous, "Ready")
     if ready and ready["status"] != "True" and was_ready.get("reason") != ready["reason"]:
         # A new pool waits for its pods as a matter of course; losing every endpoint is worth a warning.
         kind = "Warning" if was_ready.get("status") == "True" else "Normal"
-        kopf.event(body, type=kind, reason=ready["reason"], message=ready["message"])  # e.g. NoReadyEndpoints
+        await kube.post_event(body, kind, ready["reason"], ready["message"])  # e.g. NoReadyEndpoints
     degraded, was_degraded = _condition(out.status, "Degraded"), _condition(previous, "Degraded")
     if degraded.get("reason") in ("InvalidSpec", "ReconcileFailed") and (
             (degraded["reason"], degraded["message"]) != (was_degraded.get("reason"), was_degraded.get("message"))):
-        kopf.warn(body, reason=degraded["reason"], message=degraded["message"])
+        await kube.post_event(body, "Warning", degraded["reason"], degraded["message"])
     for error in out.errors:
         log.warning("pool %s: %s", key, error)
 

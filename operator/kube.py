@@ -8,6 +8,9 @@ reconcile may run any number of times, after a restart too, and never duplicates
 
 from __future__ import annotations
 
+import datetime
+import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,11 @@ import orjson
 from maitred.operator import models
 from maitred.router.sources import kube_api_client
 
+log = logging.getLogger("maitred.operator")
+
 FIELD_MANAGER = "maitred-operator"
+#: Event messages are cut to this many characters (the API server refuses those over 1 KiB).
+EVENT_MESSAGE_MAX = 1000
 REQUEST_TIMEOUT_S = 30
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "ServiceAccount": "serviceaccounts",
@@ -114,3 +121,29 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         return await self.request("PATCH", path, body=body, content_type="application/merge-patch+json")
+
+    async def post_event(self, body: dict, type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about object `body` (as the API returns it); best effort, never raises ApiError.
+
+        A namespace that is terminating (403) or gone (404), or a conflict (409), means no one will read the
+        Event: it is dropped quietly (kopf's own poster logs an ERROR and retries then). Other refusals
+        are logged once, not retried: an Event is a note, not state.
+        """
+        meta = body["metadata"]
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": body.get("apiVersion", ""), "kind": body.get("kind", ""),
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+            "type": type_, "reason": reason, "message": message[:EVENT_MESSAGE_MAX],
+            "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": socket.gethostname()[:128], "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.request("POST", object_path("v1", "Event", meta["namespace"]), body=event)
+        except ApiError as exc:
+            if exc.status in (403, 404, 409):
+                log.debug("event %s on %s/%s dropped: %s", reason, meta["namespace"], meta["name"], exc)
+            else:
+                log.warning("event %s on %s/%s not posted: %s", reason, meta["namespace"], meta["name"], exc)
