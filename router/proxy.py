@@ -126,9 +126,7 @@ class Proxy:
             if not candidates:
                 return await self._no_endpoint(send, request_id, outcome, table, tried, retry)
             if retry is not None and len(tried) > table.retries.attempts:
-                outcome.status, outcome.error = retry.status, retry.reason
-                return await send_error(send, retry.status, f"upstream {tried[-1].id} failed: {retry.reason}",
-                                        "upstream_error", retry.code, request_id=request_id)
+                return await self._fail(send, retry.status, retry.reason, retry.code, request_id, outcome)
             endpoint = self.router.balancer.pick(candidates, parsed)
             can_retry = len(tried) < table.retries.attempts and len(candidates) > 1
             tried.append(endpoint)
@@ -185,10 +183,10 @@ class Proxy:
             status = resp.status
             if status >= 500 and not _sheds_load(resp):
                 health.request_failed(endpoint, f"HTTP {status}")
-                if can_retry and status in table.retries.on_status:
-                    return _Retry(f"HTTP {status}", f"upstream_{status}", status)
             else:
                 health.request_succeeded(endpoint)
+            if can_retry and status in table.retries.on_status:
+                return _Retry(f"HTTP {status}", f"upstream_{status}", status)
             outcome.status = status
             headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in _RESPONSE_DROP]
             if not any(k.lower() == b"x-request-id" for k, _ in headers):

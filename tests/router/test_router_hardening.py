@@ -30,6 +30,16 @@ def test_a_busy_replica_shedding_load_with_retry_after_is_not_ejected(backends, 
     assert r.endpoints()["busy"]["live"] is True
 
 
+def test_a_request_turned_away_by_a_busy_replica_is_retried_on_another(backends, router):
+    busy, free = backends(("busy", {"status": 503, "retry_after": "2"}), ("free", {}))
+    r = router(table([busy, free], method="round-robin"))
+    for _ in range(6):
+        resp = r.client.post("/v1/chat/completions", json=chat_body())
+        assert resp.status_code == 200 and resp.headers["x-maitred-endpoint"] == "free"
+    assert busy.stats()["requests"] >= 1  # it was tried, and turned the request away
+    assert r.endpoints()["busy"]["live"] is True
+
+
 def test_the_routers_own_503_tells_clients_when_to_retry(backends, router):
     (a,) = backends(("a", {}))
     r = router(table([a]))
