@@ -14,7 +14,6 @@ Writes `overhead.json` and `overhead.md` to the output folder. Needs `wrk` and `
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -28,12 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from maitred.cli.processes import ProcessGroup, wait_until_up
-from maitred.cli.processes import free_port as _free_port
+from maitred.cli.processes import ProcessGroup, free_port, wait_until_up
 
 HOST = "127.0.0.1"
-free_port = functools.partial(_free_port, HOST)
-wait_http = wait_until_up
 CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 FIXED_COMPLETION = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench-model",
@@ -108,7 +104,7 @@ def main() -> None:
 
 
 def run_all(procs: ProcessGroup, workdir: Path, seconds: float, has_nginx: bool) -> list[dict]:
-    sim_port, fixed_port = free_port(), free_port()
+    sim_port, fixed_port = free_port(HOST), free_port(HOST)
     procs.maitred("sim", "sim", "--host", HOST, "--port", str(sim_port), "--model", "bench-model", "--zero-latency",
                   "--log-level", "warning")
     backends = {"sim": sim_port}
@@ -120,18 +116,18 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, has_nginx: bool)
         table.write_text(json.dumps({"pool": "bench/" + name, "version": 1, "method": "least-connections",
                                      "endpoints": [{"id": name, "url": f"http://{HOST}:{port}"}],
                                      "healthCheck": {"path": "/health", "periodSeconds": 30}}))
-        routers[("maitred", name)] = free_port()
+        routers[("maitred", name)] = free_port(HOST)
         procs.maitred(f"maitred-{name}", "router", "--table", str(table), "--host", HOST,
                       "--port", str(routers[("maitred", name)]), "--no-access-log", "--log-level", "warning")
     if has_nginx:
-        proxy_ports = {name: (free_port(), port) for name, port in backends.items()}
+        proxy_ports = {name: (free_port(HOST), port) for name, port in backends.items()}
         for name, (port, _) in proxy_ports.items():
             routers[("nginx", name)] = port
         conf = nginx_conf(workdir, fixed_port, proxy_ports)
         procs.start("nginx", ["nginx", "-c", str(conf), "-p", str(workdir)])
-    wait_http(f"http://{HOST}:{sim_port}/health")
+    wait_until_up(f"http://{HOST}:{sim_port}/health")
     for (_, _), port in routers.items():
-        wait_http(f"http://{HOST}:{port}/v1/models")
+        wait_until_up(f"http://{HOST}:{port}/v1/models")
     time.sleep(1.0)
 
     cases = [("sim", "non-streaming", CHAT), ("sim", "streaming", {**CHAT, "stream": True})]

@@ -25,7 +25,9 @@ import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import CHAT, HOST, free_port, wait_http  # noqa: E402
+from overhead import CHAT, HOST  # noqa: E402
+
+from maitred.cli.processes import free_port, wait_until_up  # noqa: E402
 
 BODY = json.dumps(CHAT).encode()
 HEADERS = {"content-type": "application/json"}
@@ -72,12 +74,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    port = free_port()
+    port = free_port(HOST)
     sim = subprocess.Popen([sys.executable, "-m", "maitred.cli.main", "sim", "--host", HOST, "--port", str(port),
                             "--model", "bench-model", "--zero-latency", "--log-level", "warning"],
                            start_new_session=True)
     try:
-        wait_http(f"http://{HOST}:{port}/health")
+        wait_until_up(f"http://{HOST}:{port}/health")
         url = f"http://{HOST}:{port}/v1/chat/completions"
         results = {}
         for name, run in (("aiohttp", with_aiohttp), ("httpx", with_httpx)) * 2:  # twice, interleaved
