@@ -98,7 +98,7 @@ async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
         return True  # deleted (or deleted and created again: its events start a new worker)
     worker.body = body
     before = worker.last_status
-    children_key = (body["metadata"].get("generation"), memo.router_image)
+    children_key = worker.children_key(memo.router_image)
     out = await reconcile_pool(memo.kube, body, router_image=memo.router_image, last_status=worker.last_status,
                                with_children=worker.children_applied_for != children_key)
     worker.pod_names, worker.last_status = out.pod_names, out.status

@@ -40,7 +40,8 @@ class PoolWorker:
         self.body = body
         self.pod_names: frozenset[str] = frozenset()
         self.last_status: dict | None = None
-        self.children_applied_for: tuple | None = None  # what the children were last all written for
+        self.children_applied_for: tuple | None = None  # the children_key they were last all written for
+        self.children_requests = 0  # bumped by each kick that asks for the children to be written again
         self._reconcile = reconcile
         self._kicked = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -58,6 +59,15 @@ class PoolWorker:
     def kick(self) -> None:
         """Ask for a reconcile (soon, after the one in progress if any)."""
         self._kicked.set()
+
+    def children_key(self, router_image: str) -> tuple:
+        """What the children depend on: the spec's generation, the router image and the requests to rewrite them.
+
+        A reconcile takes the key when it starts and records it once its children are written; a request
+        that arrives meanwhile (a child deleted during that reconcile) changes the key, so the next
+        reconcile writes them again rather than taking them as done.
+        """
+        return self.body.get("metadata", {}).get("generation"), router_image, self.children_requests
 
     def selector(self) -> LabelSelector | None:
         """The pool's pod selector (parsed once per generation; None if static-only or invalid)."""
@@ -138,7 +148,7 @@ class Pools:
         worker = self.workers.get(f"{namespace}/{name}")
         if worker is not None:
             if with_children:
-                worker.children_applied_for = None
+                worker.children_requests += 1
             worker.kick()
 
     def kick_for_pod(self, namespace: str, name: str, labels: Mapping[str, str]) -> list[str]:

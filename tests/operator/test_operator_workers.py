@@ -122,3 +122,20 @@ def test_a_status_write_is_no_news_but_a_spec_change_is():
         return answers
 
     assert run(scenario()) == (False, True, True)
+
+
+def test_a_child_deleted_during_a_reconcile_is_written_again_by_the_next_one():
+    async def scenario():
+        async def reconcile(body, worker):
+            return True
+
+        pools = Pools(reconcile)
+        worker = pools.upsert(pool_body())
+        started_with = worker.children_key("img")  # a reconcile starts...
+        pools.kick("ml", "llama", with_children=True)  # ...a child is deleted meanwhile...
+        worker.children_applied_for = started_with  # ...and the reconcile records what it wrote
+        due = worker.children_key("img") != worker.children_applied_for
+        await pools.stop()
+        return due
+
+    assert run(scenario()), "the next reconcile must write the children again"
