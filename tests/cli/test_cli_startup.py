@@ -24,9 +24,12 @@ from maitred.cli.processes import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs `maitred ARGS...` (the arguments after -c's code) and records every module imported by the end.
+# uvicorn, once it has shut down on SIGTERM, raises the signal again with the handler it found; this one
+# turns it into SystemExit, so that the `finally` runs.
 WRAPPER = """
-import json, os, sys
+import json, os, signal, sys
 sys.argv[0] = "maitred"
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 try:
     from maitred.cli.main import main
     main()
