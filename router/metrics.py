@@ -43,6 +43,8 @@ class RouterMetrics:
                                ["endpoint", "reason"], registry=r)
         self.ejections = Counter("maitred_ejections", "Endpoints turned unhealthy, by endpoint.",
                                  ["endpoint"], registry=r)
+        self.streams_broken = Counter("maitred_streams_broken", "Responses cut off after they had started, by endpoint"
+                                      " and reason (reset, timeout, malformed).", ["endpoint", "reason"], registry=r)
         self.table_loads = Counter("maitred_table_loads", "Routing-table loads, by result (applied, rejected).",
                                    ["result"], registry=r)
         r.register(_LiveStateCollector(endpoints))
