@@ -26,9 +26,13 @@ from maitred.router.proxy import Proxy
 TableSource = Callable[[Router], Awaitable[None]]
 
 
-def create_app(router: Router, source: TableSource | None = None):
-    """The ASGI app for `router`; `source` runs for the app's lifetime (e.g. a file watcher)."""
-    control = _control_app(router, source)
+def create_app(router: Router, source: TableSource | None = None, checks: bool = True):
+    """The ASGI app for `router`; `source` runs for the app's lifetime (e.g. a file watcher).
+
+    `checks`: run the health checks and load scrapes in this process (a worker of a multi-process
+    router leaves them to its supervisor, which shares their verdicts).
+    """
+    control = _control_app(router, source, checks)
     proxy = Proxy(router)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,12 +46,12 @@ def create_app(router: Router, source: TableSource | None = None):
     return app
 
 
-def _control_app(router: Router, source: TableSource | None) -> FastAPI:
+def _control_app(router: Router, source: TableSource | None, checks: bool) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await router.start()
         tasks = [asyncio.create_task(router.health.run(router.session)),
-                 asyncio.create_task(router.load.run(router.session))]
+                 asyncio.create_task(router.load.run(router.session))] if checks else []
         if source is not None:
             tasks.append(asyncio.create_task(source(router)))
         # Everything built so far lives as long as the process: move it out of the collector's sight, so

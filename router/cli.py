@@ -1,18 +1,28 @@
-"""`maitred router`: run the router from a routing-table file (standalone) or a ConfigMap."""
+"""`maitred router`: run the router from a routing-table file (standalone) or a ConfigMap.
+
+Only typer is imported at module level: the router's own modules (uvicorn, aiohttp, the app) load
+when the command runs, so that `maitred --help` and the other subcommands do not pay for them.
+"""
 
 from __future__ import annotations
 
 import functools
-import logging
+import os
 from pathlib import Path
 
 import typer
-import uvicorn
 
-from maitred.router.app import create_app
-from maitred.router.core import Router
-from maitred.router.admission import DEFAULT_MAX_BODY_BYTES
-from maitred.router.sources import watch_configmap, watch_file
+#: Largest request body accepted by default, in bytes (see maitred.router.admission).
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def router_command(
@@ -22,27 +32,67 @@ def router_command(
     kubeconfig: Path = typer.Option(None, "--kubeconfig", help="Kubeconfig for --configmap (default: $KUBECONFIG,"
                                     " else the in-cluster service account)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8080, help="Port to listen on."),
-    max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, help="Largest request body accepted, in bytes (413 past it)."),
+    port: int = typer.Option(8080, min=1, max=65535, help="Port to listen on."),
+    workers: int = typer.Option(None, "--workers", min=1, max=64, show_default="the cores this process may use",
+                                help="Worker processes serving the port; health checks, load scrapes and the"
+                                     " table source run once, in a supervisor, and all workers share endpoint state."),
+    max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1,
+                                       help="Largest request body accepted, in bytes (413 past it)."),
     access_log: bool = typer.Option(True, help="One JSON log line per proxied request."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run the router in front of a pool's endpoints."""
+    if log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
+    log_level = log_level.lower()
     source = _table_source(table, configmap, kubeconfig)
+    workers = workers or default_workers()
+    _check_can_listen(host, port)
+    if workers == 1:
+        _run_single(source, host, port, max_body_bytes, access_log, log_level)
+        return
+    from maitred.router import workers as multi
+
+    logging_setup(log_level, access_log)
+    raise typer.Exit(multi.run(
+        {"workers": workers, "host": host, "port": port, "max_body_bytes": max_body_bytes,
+         "log_level": log_level, "access_log": access_log},
+        source_factory=lambda: source))
+
+
+def logging_setup(log_level: str, access_log: bool) -> None:
+    """Log lines to stderr at `log_level`; the access log at INFO only if asked for."""
+    import logging
+
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("maitred.access").setLevel(logging.INFO if access_log else logging.WARNING)
+
+
+def _run_single(source, host: str, port: int, max_body_bytes: int, access_log: bool, log_level: str) -> None:
+    from maitred.router.app import create_app
+    from maitred.router.core import Router
+    from maitred.router.serve import listen_socket, serve
+
+    logging_setup(log_level, access_log)
     router = Router(max_body_bytes=max_body_bytes)
-    app = create_app(router, source=source)
-    # proxy_headers=False: the proxy appends the peer's address to X-Forwarded-For itself. With
-    # uvicorn's default, a peer on 127.0.0.1 (a sidecar) had its X-Forwarded-For taken as the
-    # client, so the router appended the client twice and lost the hop.
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                server_header=False, date_header=False, log_level=log_level, backlog=4096,
-                timeout_keep_alive=75, proxy_headers=False)
+    serve(create_app(router, source=source), listen_socket(host, port, reuse_port=False), log_level)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Exit 1 with one line if `host`:`port` cannot be listened on (in use, not an address here)."""
+    from maitred.router.serve import listen_socket
+
+    try:
+        listen_socket(host, port, reuse_port=True).close()
+    except OSError as exc:
+        typer.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _table_source(table: Path | None, configmap: str | None, kubeconfig: Path | None):
     """The table source the options ask for: exactly one of --table and --configmap."""
+    from maitred.router.sources import watch_configmap, watch_file
+
     if (table is None) == (configmap is None):
         raise typer.BadParameter("give exactly one of --table FILE and --configmap NS/NAME", param_hint="--table")
     if table is not None:

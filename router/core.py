@@ -3,12 +3,18 @@
 Built once at start-up and passed to the proxy, the control paths and the table source (no
 singletons). A new table version is applied between two awaits, so requests in flight keep the
 endpoint they hold and new requests see the new endpoints at once.
+
+With several worker processes (:mod:`maitred.router.workers`) there is one `Router` per process
+over one shared block of endpoint state: the supervisor's (`worker=-1`) runs the table source,
+the health checks and the load scrapes, and publishes each table; each worker's serves requests
+and follows the published tables.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 
 import aiohttp
 
@@ -17,6 +23,7 @@ from maitred.router.endpoints import EndpointRegistry, EndpointState
 from maitred.router.health import HealthChecker
 from maitred.router.load import LoadScraper
 from maitred.router.metrics import RouterMetrics
+from maitred.router.shared import SlotAllocator
 from maitred.router.admission import DEFAULT_MAX_BODY_BYTES
 from maitred.router.table import RoutingTable
 
@@ -26,11 +33,17 @@ log = logging.getLogger("maitred.router")
 class Router:
     """State of one router process. `session` exists between :meth:`start` and :meth:`close`."""
 
-    def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rng: random.Random | None = None) -> None:
+    def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rng: random.Random | None = None,
+                 shared=None, worker: int = -1, publish: Callable[[], None] | None = None) -> None:
+        """`shared` (a :class:`~maitred.router.shared.SharedState`) and `worker` (this process's row,
+        -1 for the supervisor) make this one process of a multi-process router; `publish()` is the
+        supervisor's way of handing the current table (and any refusal) to the workers."""
         self.max_body_bytes = max_body_bytes
         self.rng = rng or random.Random()
-        self.endpoints = EndpointRegistry(on_health_change=self._health_changed)
-        self.metrics = RouterMetrics(self.endpoints)
+        self.shared, self.worker, self._publish = shared, worker, publish
+        self.slots = SlotAllocator(shared.slots) if shared is not None and worker < 0 else None
+        self.endpoints = EndpointRegistry(on_health_change=self._health_changed, shared=shared, worker=worker)
+        self.metrics = RouterMetrics(self.endpoints, shared=shared)
         self.health = HealthChecker(self.endpoints)
         self.load = LoadScraper(self.endpoints)
         self.balancer: Balancer | None = None
@@ -54,10 +67,22 @@ class Router:
         if self.session is not None:
             await self.session.close()
 
-    def apply_table(self, table: RoutingTable) -> None:
-        """Make `table` current; keeps per-endpoint state by id and the balancer if the method is unchanged."""
+    def apply_table(self, table: RoutingTable, slots: dict[str, int] | None = None) -> None:
+        """Make `table` current; keeps per-endpoint state by id and the balancer if the method is unchanged.
+
+        In the supervisor of a multi-process router, endpoints get their shared slots here and the
+        table is published to the workers; a worker passes the `slots` the supervisor published.
+        Raises ValueError (supervisor) if the table has more endpoints than the shared block has slots.
+        """
         previous = self.endpoints.table
-        change = self.endpoints.apply(table)
+        if self.slots is not None:
+            try:
+                slots, fresh = self.slots.assign([e.id for e in table.endpoints])
+            except ValueError as exc:
+                return self.reject_table(f"routing table {table.pool} version {table.version}: {exc}")
+            for slot in fresh:
+                self.shared.reset_slot(slot)
+        change = self.endpoints.apply(table, slots)
         if self.balancer is None or previous is None or previous.method != table.method:
             self.balancer = make_balancer(table.method, rng=self.rng)
         t = table.timeouts
@@ -65,7 +90,10 @@ class Router:
             total=t.request_seconds, sock_connect=t.connect_seconds, sock_read=t.idle_seconds
         )
         self.table_error = None
-        self.metrics.table_loads.labels("applied").inc()
+        if self.worker < 0:  # counted once per router, by the process that loaded it
+            self.metrics.table_loads.labels("applied").inc()
+        if self._publish is not None:
+            self._publish()
         self.health.kick()
         if not table.endpoints:
             log.warning("routing table %s version %d has no endpoints: every request gets 503", table.pool,
@@ -77,7 +105,10 @@ class Router:
     def reject_table(self, error: str) -> None:
         """Record a table that could not be used; the last good one stays in force."""
         self.table_error = error
-        self.metrics.table_loads.labels("rejected").inc()
+        if self.worker < 0:
+            self.metrics.table_loads.labels("rejected").inc()
+        if self._publish is not None:
+            self._publish()
         kept = self.endpoints.table
         log.error("%s; keeping %s", error, f"version {kept.version}" if kept else "no table")
 
@@ -93,8 +124,14 @@ class Router:
     def snapshot(self) -> dict:
         """The table and each endpoint's live state, for /debug/table."""
         table = self.endpoints.table
-        return {
+        snapshot = {
             "table": table.model_dump(mode="json", by_alias=True) if table else None,
             "tableError": self.table_error,
             "endpoints": [s.snapshot() for s in self.endpoints],
         }
+        if self.shared is not None:
+            snapshot["worker"] = self.worker
+            snapshot["workers"] = [
+                {"index": i, "pid": status["pid"], "tableVersion": status["table_version"]}
+                for i, status in enumerate(self.shared.worker_status(i) for i in range(self.shared.workers))]
+        return snapshot

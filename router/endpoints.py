@@ -60,6 +60,11 @@ class EndpointState:
         if self.in_flight > 0:
             self.in_flight -= 1
 
+    def count_failure(self) -> None:
+        """Count a failed request (connection failure, timeout, 5xx): one more in a row, one more in all."""
+        self.consecutive_failures += 1
+        self.failures_total += 1
+
     def observe_latency(self, latency_ms: float, now_s: float) -> None:
         """Fold a latency sample (ms) into the peak-sensitive EWMA.
 
@@ -81,6 +86,9 @@ class EndpointState:
 
     def snapshot(self) -> dict:
         """The state as a JSON-able dict, for /debug/table."""
+        return self._snapshot()
+
+    def _snapshot(self) -> dict:
         return {
             "id": self.id,
             "url": self.url,
@@ -101,6 +109,103 @@ class EndpointState:
         }
 
 
+def _shared_figure(name: str, none_is_nan: bool = False, default: float | None = None) -> property:
+    """A property reading and writing the per-slot figure `name` of a :class:`SharedEndpointState`."""
+
+    def get(self):
+        value = self._shared.get(name, self._slot)
+        if (none_is_nan or default is not None) and value != value:  # NaN: nothing recorded
+            return default
+        return value
+
+    def set(self, value) -> None:
+        self._shared.set(name, self._slot, math.nan if value is None else value)
+
+    return property(get, set, doc=f"`{name}` of the endpoint's slot, shared by the router's processes.")
+
+
+class SharedEndpointState(EndpointState):
+    """An :class:`EndpointState` whose balancing and health figures live in a router's shared block.
+
+    Every worker process of one router has its own object for an endpoint, all reading the same
+    slot of the :class:`~maitred.router.shared.SharedState`: `in_flight`, `requests_total` and
+    `failures_total` are summed over the workers (each writes only its own cell); health, its
+    reason, consecutive failures, the latency EWMA and the reported load are one value per slot.
+    `worker` is this process's row, or -1 for the supervisor, which counts no requests.
+    """
+
+    __slots__ = ("_shared", "_slot", "_worker", "_cell")
+
+    def __init__(self, id: str, url: str, shared, slot: int, worker: int) -> None:
+        # Not the dataclass __init__: that would write defaults over the figures other processes hold.
+        self.id, self.url, self.weight, self.zone = id, url, 1, None
+        self.check_failures = self.check_successes = 0
+        self._shared, self._slot, self._worker = shared, slot, worker
+        self._cell = slot * shared.workers + worker
+
+    @property
+    def slot(self) -> int:
+        """The endpoint's slot in the shared block."""
+        return self._slot
+
+    @property
+    def in_flight(self) -> int:
+        return self._shared.total(self._shared.in_flight_cells, self._slot)
+
+    @property
+    def requests_total(self) -> int:
+        return self._shared.total(self._shared.requests_cells, self._slot)
+
+    @property
+    def failures_total(self) -> int:
+        return self._shared.total(self._shared.failures_cells, self._slot)
+
+    def acquire(self) -> None:
+        shared = self._shared
+        shared.in_flight_cells[self._cell] += 1
+        shared.requests_cells[self._cell] += 1
+
+    def release(self) -> None:
+        cells = self._shared.in_flight_cells
+        if cells[self._cell] > 0:
+            cells[self._cell] -= 1
+
+    def count_failure(self) -> None:
+        self.consecutive_failures += 1
+        self._shared.failures_cells[self._cell] += 1
+
+    @property
+    def healthy(self) -> bool:
+        return self._shared.healthy_cells[self._slot] == 1
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self._shared.healthy_cells[self._slot] = 1 if value else 0
+        self._shared.bump_health_generation()
+
+    @property
+    def health_reason(self) -> str:
+        return self._shared.reason(self._slot)
+
+    @health_reason.setter
+    def health_reason(self, reason: str) -> None:
+        self._shared.set_reason(self._slot, reason)
+
+    consecutive_failures = _shared_figure("consecutive_failures")
+    ejections_total = _shared_figure("ejections_total")
+    in_flight_at_report = _shared_figure("in_flight_at_report")
+    latency_ewma_ms = _shared_figure("latency_ewma_ms", default=DEFAULT_LATENCY_MS)
+    latency_sampled_at = _shared_figure("latency_sampled_at", default=0.0)
+    reported_waiting = _shared_figure("reported_waiting", none_is_nan=True)
+    reported_running = _shared_figure("reported_running", none_is_nan=True)
+    reported_kv_cache_usage = _shared_figure("reported_kv_cache_usage", none_is_nan=True)
+
+    def snapshot(self) -> dict:
+        data = self._snapshot()
+        data["inFlightByWorker"] = self._shared.by_worker(self._shared.in_flight_cells, self._slot)
+        return data
+
+
 @dataclass(slots=True)
 class TableChange:
     """What a new table version changed, by endpoint id."""
@@ -112,26 +217,47 @@ class TableChange:
 class EndpointRegistry:
     """The endpoints of the current table and their state; `live` is recomputed on every change.
 
-    `on_health_change(state)` is called when an endpoint turns healthy or unhealthy.
+    `on_health_change(state)` is called when an endpoint turns healthy or unhealthy in this
+    process. With `shared` (a :class:`~maitred.router.shared.SharedState`), states are
+    :class:`SharedEndpointState` rows of this process (`worker`, -1 for the supervisor), and `live`
+    also follows verdicts that another process of the router wrote.
     """
 
-    def __init__(self, on_health_change: Callable[[EndpointState], None] | None = None) -> None:
+    def __init__(self, on_health_change: Callable[[EndpointState], None] | None = None,
+                 shared=None, worker: int = -1) -> None:
         self.table: RoutingTable | None = None
         self.by_id: dict[str, EndpointState] = {}
-        self.live: tuple[EndpointState, ...] = ()
+        self._live: tuple[EndpointState, ...] = ()
         self._on_health_change = on_health_change or (lambda state: None)
+        self._shared, self._worker = shared, worker
+        self._health_seen = -1
 
-    def apply(self, table: RoutingTable) -> TableChange:
+    @property
+    def live(self) -> tuple[EndpointState, ...]:
+        """The endpoints that may take new requests, in table order."""
+        shared = self._shared
+        if shared is not None and shared.health_generation != self._health_seen:
+            self._refresh()
+        return self._live
+
+    def apply(self, table: RoutingTable, slots: dict[str, int] | None = None) -> TableChange:
         """Make `table` current, keeping the state of endpoints whose id stays.
 
+        `slots` (endpoint id -> slot, shared mode only) places each endpoint in the shared block.
         Requests in flight on a removed endpoint keep their reference to its state and finish.
         """
         change = TableChange()
         new: dict[str, EndpointState] = {}
         for endpoint in table.endpoints:
             state = self.by_id.get(endpoint.id)
+            if state is not None and slots is not None and state.slot != slots[endpoint.id]:
+                state = None
             if state is None:
-                state = EndpointState(id=endpoint.id, url=endpoint.url)
+                if slots is None:
+                    state = EndpointState(id=endpoint.id, url=endpoint.url)
+                else:
+                    state = SharedEndpointState(endpoint.id, endpoint.url, self._shared, slots[endpoint.id],
+                                                self._worker)
                 change.added.append(endpoint.id)
             _update(state, endpoint)
             new[endpoint.id] = state
@@ -152,7 +278,9 @@ class EndpointRegistry:
         self._on_health_change(state)
 
     def _refresh(self) -> None:
-        self.live = tuple(s for s in self.by_id.values() if s.live)
+        if self._shared is not None:
+            self._health_seen = self._shared.health_generation
+        self._live = tuple(s for s in self.by_id.values() if s.live)
 
     def __iter__(self) -> Iterable[EndpointState]:
         return iter(list(self.by_id.values()))

@@ -60,10 +60,14 @@ class HealthChecker:
     def check_passed(self, state: EndpointState) -> None:
         """Record a passed active check."""
         state.check_failures = 0
-        state.check_successes += 1
         if state.healthy:
+            # Successes count only while unhealthy: an ejection (perhaps by another worker process
+            # of this router) starts the count towards `successThreshold` from zero.
+            state.check_successes = 0
             state.health_reason = "health check passed"
-        elif state.check_successes >= self._endpoints.table.health_check.success_threshold:
+            return
+        state.check_successes += 1
+        if state.check_successes >= self._endpoints.table.health_check.success_threshold:
             state.consecutive_failures = 0
             self._endpoints.set_health(state, True, "health check passed")
             log.info("endpoint %s is healthy again", state.id)
@@ -87,8 +91,7 @@ class HealthChecker:
 
     def request_failed(self, state: EndpointState, reason: str) -> None:
         """Record a connection failure or 5xx; eject after `failureThreshold` in a row."""
-        state.consecutive_failures += 1
-        state.failures_total += 1
+        state.count_failure()
         table = self._endpoints.table
         threshold = table.health_check.failure_threshold if table else 3
         if state.healthy and state.consecutive_failures >= threshold:

@@ -2,6 +2,10 @@
 
 Counters and histograms are updated on the request path; in-flight, health and the table version
 are read from the live state at scrape time by a collector, so they can never drift from it.
+
+A router of several processes (`--workers N`) reports as a whole from any of them: counters and
+histograms use prometheus-client's multiprocess mode (each process writes its own file in
+$PROMETHEUS_MULTIPROC_DIR, a scrape sums them), and the live figures come from the shared block.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -28,9 +33,10 @@ NO_ENDPOINT = "none"
 class RouterMetrics:
     """The metric families; `registry` is what `/metrics` exports."""
 
-    def __init__(self, endpoints: EndpointRegistry) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+    def __init__(self, endpoints: EndpointRegistry, shared=None) -> None:
+        """With `shared`, the counters go to this process's multiprocess file, and `registry`
+        exports every process's (read from $PROMETHEUS_MULTIPROC_DIR) instead of this one's."""
+        r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("maitred_requests", "Requests answered, by endpoint and status.",
                                 ["endpoint", "status"], registry=r)
         self.upstream_latency = Histogram("maitred_upstream_latency_seconds",
@@ -47,7 +53,12 @@ class RouterMetrics:
                                       " and reason (reset, timeout, malformed).", ["endpoint", "reason"], registry=r)
         self.table_loads = Counter("maitred_table_loads", "Routing-table loads, by result (applied, rejected).",
                                    ["result"], registry=r)
-        r.register(_LiveStateCollector(endpoints))
+        if shared is None:
+            self.registry = r
+        else:
+            self.registry = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self.registry)
+        self.registry.register(_LiveStateCollector(endpoints))
 
 
 class _LiveStateCollector(Collector):

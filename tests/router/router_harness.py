@@ -29,6 +29,10 @@ BACKEND_SCRIPT = HERE / "router_backends.py"
 MODEL = "test-model"
 SIM_MODEL = "sim-model"
 
+#: Worker processes of each router a test starts without naming --workers: the router suite runs
+#: once with 1 (CI's first pass) and once with 2 (MAITRED_TEST_ROUTER_WORKERS=2, its second pass).
+ROUTER_WORKERS = int(os.environ.get("MAITRED_TEST_ROUTER_WORKERS", "1"))
+
 # Hosts 127.0.0.11 .. 127.0.0.250, handed out in turn so that neighbouring tests never share one.
 _hosts = itertools.cycle(f"127.0.0.{i}" for i in range(11, 251))
 
@@ -178,6 +182,8 @@ class RouterProcess:
         write_atomically(self.table_path, self.table)
         self.log_path = work_dir / "router.log"
         self._log = open(self.log_path, "wb")
+        if "--workers" not in extra_args:
+            extra_args = ["--workers", str(ROUTER_WORKERS), *extra_args]
         args = ["maitred", "router", "--table", str(self.table_path), "--host", self.host, "--port", str(self.port),
                 "--no-access-log", "--log-level", "warning", *extra_args]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -214,9 +220,15 @@ class RouterProcess:
         return parse_metrics(self.client.get("/metrics").text)
 
     def wait_version(self, version: int, timeout_s: float = 10.0) -> None:
-        """Block until /debug/table shows table `version` in force."""
-        wait_for(lambda: (self.debug()["table"] or {}).get("version") == version, timeout_s,
-                 f"routing table version {version} to be applied")
+        """Block until /debug/table shows table `version` in force (in every worker, if there are several)."""
+
+        def applied() -> bool:
+            debug = self.debug()
+            if "workers" in debug:
+                return all(w["tableVersion"] == version for w in debug["workers"])
+            return (debug["table"] or {}).get("version") == version
+
+        wait_for(applied, timeout_s, f"routing table version {version} to be applied")
 
     def write_table(self, table: dict, wait: bool = True) -> None:
         """Replace the table file atomically; with `wait`, until the router applies it."""

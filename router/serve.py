@@ -1,0 +1,44 @@
+"""Serving the router's ASGI app with uvicorn: one process, or one worker of several.
+
+The options are the same in both cases; only the listening socket differs: a worker binds its own
+with SO_REUSEPORT, so that the kernel spreads new connections evenly over the workers (a shared
+accept queue lets the least busy worker win every accept, and a burst of connections can all land on
+one of them).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+
+
+def uvicorn_config(app, log_level: str) -> uvicorn.Config:
+    """The uvicorn settings of the router's hot path (uvloop, httptools, no per-request extras)."""
+    # proxy_headers=False: the proxy appends the peer's address to X-Forwarded-For itself. With
+    # uvicorn's default, a peer on 127.0.0.1 (a sidecar) had its X-Forwarded-For taken as the
+    # client, so the router appended the client twice and lost the hop.
+    return uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                          server_header=False, date_header=False, log_level=log_level, backlog=4096,
+                          timeout_keep_alive=75, proxy_headers=False)
+
+
+def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (IPv4 or IPv6), not yet listening. Raises OSError."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app, sock: socket.socket, log_level: str) -> None:
+    """Run `app` on `sock` until SIGTERM or SIGINT (uvicorn's graceful shutdown drains open requests)."""
+    uvicorn.Server(uvicorn_config(app, log_level)).run(sockets=[sock])
