@@ -2,8 +2,9 @@
 
 The router's in-flight count sees only its own requests; a replica's queue also holds those of other
 router replicas and of clients that bypass the router. For methods that weigh that load
-(`least-load`), :class:`LoadScraper` reads each live endpoint's /metrics every
-`SCRAPE_PERIOD_S` and stores the figures on its :class:`~maitred.router.endpoints.EndpointState`,
+(`least-load`, and the load bound of `prefix-affinity` and `session-affinity`),
+:class:`LoadScraper` reads each live endpoint's /metrics every `SCRAPE_PERIOD_S`
+and stores the figures on its :class:`~maitred.router.endpoints.EndpointState`,
 with the router's in-flight count at that moment, so that a balancer can add the requests it sent
 since (the report is already stale by then).
 
@@ -34,7 +35,7 @@ WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size
 RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size")
 KV_CACHE_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
 #: Methods that read load reports; for the others nothing is scraped.
-METHODS_USING_LOAD = frozenset({"least-load"})
+METHODS_USING_LOAD = frozenset({"least-load", "prefix-affinity", "session-affinity"})
 
 
 def parse_load(text: str) -> dict[str, float]:

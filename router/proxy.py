@@ -28,6 +28,7 @@ from yarl import URL
 
 from maitred.router.admission import ClientGone, Refused, admit
 from maitred.router.asgi import Receive, Scope, Send
+from maitred.router.balancing import RequestView
 from maitred.router.endpoints import EndpointState, monotonic_s
 from maitred.router.errors import send_error, sse_error_event
 from maitred.router.health import describe
@@ -120,6 +121,7 @@ class Proxy:
         table = endpoints.table
         tried: list[EndpointState] = []
         retry: _Retry | None = None
+        view = RequestView(parsed, scope["headers"], table.affinity) if table is not None else None
         while True:
             live = endpoints.live
             candidates = [e for e in live if e not in tried] if tried else live
@@ -127,7 +129,7 @@ class Proxy:
                 return await self._no_endpoint(send, request_id, outcome, table, tried, retry)
             if retry is not None and len(tried) > table.retries.attempts:
                 return await self._fail(send, retry.status, retry.reason, retry.code, request_id, outcome)
-            endpoint = self.router.balancer.pick(candidates, parsed)
+            endpoint = self.router.balancer.pick(candidates, view)
             can_retry = len(tried) < table.retries.attempts and len(candidates) > 1
             tried.append(endpoint)
             outcome.attempts = len(tried)

@@ -6,7 +6,8 @@ A routing table is one JSON document, for example::
      "models": ["meta-llama/Llama-3.1-8B-Instruct"],
      "endpoints": [{"id": "llama-8b-7d9f-abcde", "url": "http://10.1.2.3:8000", "weight": 1}],
      "healthCheck": {"path": "/health", "periodSeconds": 5},
-     "retries": {"attempts": 2}, "timeouts": {"connectSeconds": 3}}
+     "retries": {"attempts": 2}, "timeouts": {"connectSeconds": 3},
+     "affinity": {"sessionHeader": "x-session-id", "loadFactor": 1.25}}
 
 Both sides validate it with :class:`RoutingTable`, so a table the operator can write is one the
 router can read. Field names are camelCase on the wire, as in Kubernetes.
@@ -26,7 +27,7 @@ from yarl import URL
 
 #: The balancing methods a table may name; each is one module in :mod:`maitred.router.balancing`.
 Method = Literal["round-robin", "least-connections", "weighted", "least-response-time", "least-load",
-                 "prefix-affinity"]
+                 "prefix-affinity", "session-affinity"]
 METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
 
 #: ``scheme://host:port``, the host a plain name or IPv4 address, as the operator writes pod endpoints: a URL
@@ -92,6 +93,30 @@ class Timeouts(_Model):
     request_seconds: float = Field(default=1800.0, gt=0)
 
 
+#: An HTTP field name (RFC 9110 §5.1: a token).
+HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+
+
+class Affinity(_Model):
+    """Settings of the affinity methods, `prefix-affinity` and `session-affinity`.
+
+    `session_header` names the request header that carries a session id for `session-affinity`
+    (matched case-insensitively; kept lower-case). `load_factor` is the load bound: an endpoint with more
+    than `load_factor` x (its share of the pool's load + 1) requests queued and running is passed over
+    (see :mod:`maitred.router.balancing.rendezvous`); 1 is the tightest, larger lets keys stay home longer.
+    """
+
+    session_header: str = Field(default="x-session-id", max_length=256, pattern=HEADER_NAME,
+                                description="request header carrying a session id, e.g. x-session-id")
+    load_factor: float = Field(default=1.25, ge=1.0, allow_inf_nan=False,
+                               description="pass over an endpoint above load_factor x (its share of the load + 1)")
+
+    @field_validator("session_header")
+    @classmethod
+    def _lower_case(cls, name: str) -> str:
+        return name.lower()
+
+
 class RoutingTable(_Model):
     """A pool's routing table. Raises :class:`pydantic.ValidationError` on a bad document."""
 
@@ -103,6 +128,7 @@ class RoutingTable(_Model):
     health_check: HealthCheck = HealthCheck()
     retries: Retries = Retries()
     timeouts: Timeouts = Timeouts()
+    affinity: Affinity = Affinity()
 
     @field_validator("endpoints")
     @classmethod

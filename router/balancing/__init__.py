@@ -2,9 +2,9 @@
 
 One method per module, registered under the name a routing table uses. The interface is one
 method, :meth:`Balancer.pick`; per-endpoint state (in-flight, latency) lives in
-:class:`~maitred.router.endpoints.EndpointState`, which the methods only read. Randomness and time
-are injected, so that methods can be tested deterministically (as Envoy's balancers take a random
-generator and a time source).
+:class:`~maitred.router.endpoints.EndpointState`, which the methods only read, and what a method may
+read of the request is a :class:`RequestView`. Randomness and time are injected, so that methods can be
+tested deterministically (as Envoy's balancers take a random generator and a time source).
 """
 
 from __future__ import annotations
@@ -16,6 +16,32 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from maitred.router.endpoints import EndpointState
+from maitred.router.table import Affinity
+
+_DEFAULT_AFFINITY = Affinity()
+
+
+class RequestView:
+    """What a balancer may read of one request; built once per request, read only by the methods that need it.
+
+    `body`: the parsed JSON body on the model paths (chat, completions, embeddings), else None.
+    `headers`: the ASGI headers, ``[(lower-case name, value), ...]`` as bytes, not copied.
+    `affinity`: the table's :class:`~maitred.router.table.Affinity` settings, passed per request so that a
+    new table version takes effect without rebuilding the balancer.
+    """
+
+    __slots__ = ("body", "headers", "affinity")
+
+    def __init__(self, body: Any = None, headers: Sequence[tuple[bytes, bytes]] = (),
+                 affinity: Affinity = _DEFAULT_AFFINITY) -> None:
+        self.body, self.headers, self.affinity = body, headers, affinity
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower-case bytes), or None. O(headers)."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
 
 
 class Balancer(Protocol):
@@ -23,13 +49,14 @@ class Balancer(Protocol):
 
     name: ClassVar[str]
 
-    def pick(self, endpoints: Sequence[EndpointState], request: Any = None) -> EndpointState:
-        """Choose from `endpoints` (live, non-empty, never weight 0); `request` is the parsed body or None."""
+    def pick(self, endpoints: Sequence[EndpointState], request: RequestView | None = None) -> EndpointState:
+        """Choose from `endpoints` (live, non-empty, never weight 0) for `request` (None: nothing known of it)."""
         ...
 
 
 _REGISTRY: dict[str, type] = {}
-_MODULES = ("round_robin", "least_connections", "weighted", "least_response_time", "least_load", "prefix_affinity")
+_MODULES = ("round_robin", "least_connections", "weighted", "least_response_time", "least_load", "prefix_affinity",
+            "session_affinity")
 
 
 def register(cls: type) -> type:

@@ -23,13 +23,22 @@ from maitred.router.endpoints import EndpointState
 KV_CACHE_WEIGHT = 1.0
 
 
-def load(endpoint: EndpointState) -> float:
-    """Estimated requests queued and running on `endpoint` now (see the module docstring)."""
+def queued(endpoint: EndpointState) -> float:
+    """Estimated requests waiting and running on `endpoint` now: its last report plus what was sent since.
+
+    Never below this router's own in-flight count (a report taken just before a burst may show less).
+    Without a report, the in-flight count alone.
+    """
     if endpoint.reported_running is None:
         return float(endpoint.in_flight)
     since_report = endpoint.in_flight - endpoint.in_flight_at_report
-    queued = (endpoint.reported_waiting or 0.0) + endpoint.reported_running + since_report
-    return max(queued, float(endpoint.in_flight)) + KV_CACHE_WEIGHT * (endpoint.reported_kv_cache_usage or 0.0)
+    reported = (endpoint.reported_waiting or 0.0) + endpoint.reported_running + since_report
+    return max(reported, float(endpoint.in_flight))
+
+
+def load(endpoint: EndpointState) -> float:
+    """Estimated load of `endpoint` now, in requests: :func:`queued`, plus KV-cache usage to break near-ties."""
+    return queued(endpoint) + KV_CACHE_WEIGHT * (endpoint.reported_kv_cache_usage or 0.0)
 
 
 @register

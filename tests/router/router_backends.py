@@ -13,11 +13,14 @@ It binds port 0 and prints ``READY <port>`` on stdout once it listens. What it s
   "headers", "backend"}`` of the request it received.
 - ``GET /v1/endless``: an SSE stream of a chunk every 50 ms until the client leaves.
 - ``GET /health``: 200.
+- ``GET /metrics``: with ``report_running`` set, vLLM's load gauges as a busy replica reports them:
+  ``vllm:num_requests_running`` = ``report_running`` + the requests in flight here, and
+  ``vllm:num_requests_waiting`` = ``report_waiting``; without it, 404 (a server with no load report).
 - ``GET /stats``: what it saw (arrival times of ``/v1`` requests, resets, disconnects).
 - ``POST /control``: change the fault settings at run time, e.g. ``{"reset_next": 10}``.
 
 Faults (flags, or keys of ``/control``): ``reset_next`` resets (TCP RST) the next N connections of
-any request but /stats and /control; ``status`` answers every model request with that status
+any request but /stats, /control and /metrics; ``status`` answers every model request with that status
 (``retry_after`` adds a Retry-After header); ``max_prompt_chars`` answers 400
 ``context_length_exceeded`` past that prompt size; ``reset_after_chunks`` resets a stream after N
 chunks; ``close_reused`` closes a connection, unanswered, when a second request arrives on it (a
@@ -38,7 +41,7 @@ import orjson
 from aiohttp import web
 
 MODEL_PATHS = ("/v1/chat/completions", "/v1/completions")
-UNCOUNTED = ("/stats", "/control")
+UNCOUNTED = ("/stats", "/control", "/metrics")
 
 
 def openai_error(message: str, type_: str, code: str, param: str | None = None) -> bytes:
@@ -62,6 +65,8 @@ class Backend:
             "retry_after": args.retry_after,
             "max_prompt_chars": args.max_prompt_chars,
             "close_reused": args.close_reused,
+            "report_running": args.report_running,
+            "report_waiting": args.report_waiting,
         }
         self.peers: set = set()  # (host, port) of client connections that carried a request
         self.arrivals: list[list] = []  # [time_s, path] of every /v1 request
@@ -96,6 +101,8 @@ class Backend:
             reset(request)
             # The connection is gone; nothing can be sent. Park until aiohttp drops the handler.
             await asyncio.sleep(3600)
+        if request.path == "/health":  # not a request in flight: it would show in maxInFlight and /metrics
+            return await handler(request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -107,6 +114,16 @@ class Backend:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if self.cfg["report_running"] is None:
+            raise web.HTTPNotFound()
+        running = self.cfg["report_running"] + self.in_flight
+        text = (f"# TYPE vllm:num_requests_running gauge\n"
+                f"vllm:num_requests_running{{model_name=\"m\"}} {running}\n"
+                f"# TYPE vllm:num_requests_waiting gauge\n"
+                f"vllm:num_requests_waiting{{model_name=\"m\"}} {self.cfg['report_waiting']}\n")
+        return web.Response(text=text, content_type="text/plain")
 
     async def stats(self, request: web.Request) -> web.Response:
         return json_response({
@@ -202,6 +219,7 @@ class Backend:
         app = web.Application(middlewares=[self.faults], client_max_size=64 * 1024 * 1024)
         app.router.add_get("/health", self.health)
         app.router.add_get("/stats", self.stats)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/control", self.control)
         app.router.add_get("/v1/endless", self.endless)
         for path in MODEL_PATHS:
@@ -275,6 +293,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--retry-after", default=None)
     p.add_argument("--max-prompt-chars", type=int, default=0)
     p.add_argument("--close-reused", type=int, default=0, help="1: close a connection when a second request comes on it")
+    p.add_argument("--report-running", type=float, default=None,
+                   help="serve /metrics: running = this + requests in flight here")
+    p.add_argument("--report-waiting", type=float, default=0.0, help="waiting requests /metrics reports")
     return p.parse_args(argv)
 
 

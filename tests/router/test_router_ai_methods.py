@@ -3,7 +3,7 @@
 Unit tests of the choices with plain endpoint states, then real `maitred sim` replicas behind the real
 router: a replica kept busy by traffic that bypasses the router gets nothing new under least-load, and
 prefix-affinity keeps each conversation on one replica, so that far more prompt tokens come from cache
-than with round-robin.
+than with round-robin. (Affinity across router replicas: test_router_affinity.py.)
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import httpx
 import pytest
 from router_harness import SIM_MODEL, SimProcess, wait_for
 
-from maitred.router.balancing import make_balancer
+from maitred.router.balancing import RequestView, make_balancer
+from maitred.router.balancing.keys import prefix_key
 from maitred.router.balancing.least_load import load
-from maitred.router.balancing.prefix_affinity import block_hashes, prompt_text
 from maitred.router.endpoints import EndpointState
 from maitred.router.load import parse_load
 
@@ -81,7 +81,7 @@ def test_least_load_without_reports_falls_back_to_in_flight():
 
 def pick_and_hold(balancer, eps, body) -> str:
     """Pick for `body` and keep the request in flight, as concurrent conversations do."""
-    chosen = balancer.pick(eps, body)
+    chosen = balancer.pick(eps, RequestView(body))
     chosen.acquire()
     return chosen.id
 
@@ -90,8 +90,8 @@ def test_prefix_affinity_keeps_each_conversation_on_one_replica():
     eps = endpoints("a", "b", "c")
     balancer = make_balancer("prefix-affinity", rng=random.Random(0))
     first = {k: pick_and_hold(balancer, eps, conversation(k, 1)) for k in range(9)}
-    # The system prompt they all share would pin them to one replica; the load bound, 1.25 x (mean + 1)
-    # = 5 requests in flight, spreads them.
+    # The system prompt they all share must not pin them to one replica (it is not their key alone), and
+    # the load bound, 1.25 x (mean + 1) < 5 requests in flight before the last pick, caps any replica at 5.
     assert max(list(first.values()).count(e.id) for e in eps) <= 5, first
     for turns in (2, 3):
         for e in eps:
@@ -102,17 +102,20 @@ def test_prefix_affinity_keeps_each_conversation_on_one_replica():
 def test_prefix_affinity_passes_over_a_replica_above_the_load_bound():
     a, b = endpoints("a", "b")
     balancer = make_balancer("prefix-affinity", rng=random.Random(0))
-    home = balancer.pick([a, b], conversation(1, 2))
+    home = balancer.pick([a, b], RequestView(conversation(1, 2)))
+    assert balancer.pick([a, b], RequestView(conversation(1, 3))) is home
     home.in_flight = 10
-    assert balancer.pick([a, b], conversation(1, 3)) is not home
+    assert balancer.pick([a, b], RequestView(conversation(1, 3))) is not home
 
 
-def test_prompt_text_and_blocks():
-    assert prompt_text({"prompt": "x" * 10}) == "x" * 10
-    assert prompt_text({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}) == "<user>hi"
-    assert prompt_text(None) == ""
-    short, longer = block_hashes("y" * 600), block_hashes("y" * 600 + "z" * 300)
-    assert len(short) == 2 and longer[:2] == short  # chained: a shared prefix gives the same leading hashes
+def test_prefix_keys_of_prompts_and_content_parts():
+    assert prefix_key({"prompt": "x" * 10}) == prefix_key({"prompt": ["x" * 10]})
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    assert prefix_key(parts) == prefix_key({"messages": [{"role": "user", "content": "hi"}]})
+    assert prefix_key(None) is None
+    # A shared long prefix gives one key; prompts that differ early do not.
+    assert prefix_key({"prompt": "y" * 1100 + "a"}) == prefix_key({"prompt": "y" * 1100 + "b"})
+    assert prefix_key({"prompt": "y" * 600 + "a"}) != prefix_key({"prompt": "y" * 600 + "b"})
 
 
 @pytest.fixture
