@@ -176,6 +176,33 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, rounds: int) -> 
     return rows
 
 
+def factor_effects(rows: dict) -> dict:
+    """Per case, the server's effect (granian / uvicorn) and the client's (pyreqwest / aiohttp) on each figure.
+
+    Each is the geometric mean of the ratio under both choices of the other factor, e.g. the server's
+    req/s effect is sqrt(granian+aiohttp / uvicorn+aiohttp * granian+pyreqwest / uvicorn+pyreqwest).
+    A factor with a missing pair is left out.
+    """
+    effects: dict[str, dict] = {}
+    for case in CASES:
+        effects[case] = {}
+        for factor, (a, b), others in (("server: granian / uvicorn", SERVERS[::-1], CLIENTS),
+                                       ("client: pyreqwest / aiohttp", CLIENTS[::-1], SERVERS)):
+            values = {}
+            for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req"):
+                product, n = 1.0, 0
+                for other in others:
+                    top = f"{a}+{other}" if factor.startswith("server") else f"{other}+{a}"
+                    bottom = f"{b}+{other}" if factor.startswith("server") else f"{other}+{b}"
+                    x, y = rows.get(top, {}).get(case), rows.get(bottom, {}).get(case)
+                    if x and y and y[key]:
+                        product *= x[key] / y[key]
+                        n += 1
+                values[key] = round(product ** (1 / n), 3) if n == 2 else None
+            effects[case][factor] = values
+    return effects
+
+
 def write_results(out: Path, meta: dict, rows: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = rows.get(BASELINE, {})
@@ -186,7 +213,9 @@ def write_results(out: Path, meta: dict, rows: dict) -> None:
             if case in row and case in base:
                 ratios[name][case] = {k: round(row[case][k] / base[case][k], 3) if base[case][k] else None
                                       for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")}
-    (out / "http_stack.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2) + "\n")
+    effects = factor_effects(rows)
+    (out / "http_stack.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios,
+                                                     "effects": effects}, indent=2) + "\n")
     m = meta["machine"]
     v = meta["versions"]
     lines = [
@@ -217,6 +246,14 @@ def write_results(out: Path, meta: dict, rows: dict) -> None:
                     cell += f" ({q[key]:.2f}x)"
                 cells.append(cell)
             lines.append(f"| {name} | {streams} ({row.get('first_event_s')}) | {case} | " + " | ".join(cells) + " |")
+    lines += ["", "Server against client: each factor's ratio with the other held fixed, as the geometric mean over "
+              "the other factor's two choices (granian over uvicorn; pyreqwest over aiohttp).", "",
+              "| case | factor | req/s | p50 | p99 | CPU per request |", "|---|---|---|---|---|---|"]
+    for case, by_factor in effects.items():
+        for factor, values in by_factor.items():
+            lines.append(f"| {case} | {factor} | " + " | ".join(
+                "-" if values.get(k) is None else f"{values[k]:.2f}x" for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req"))
+                + " |")
     errors = {n: r["error"] for n, r in rows.items() if r.get("error")}
     if errors:
         lines += ["", "Errors: " + json.dumps(errors)]
