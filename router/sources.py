@@ -36,16 +36,20 @@ def load_file_once(path: Path, router) -> None:
 async def watch_file(path: Path, router) -> None:
     """Load `path` now and again whenever it changes, until cancelled.
 
-    Watches the folder rather than the file, so that an atomic replace (write a temporary file,
-    rename it over the table, as editors and ConfigMap volumes do) is seen.
+    Watches the folder the user named, not the file, and reads the path as given, so that both ways
+    of replacing a file are seen: an atomic rename over it (editors, `kubectl cp`), and a ConfigMap
+    volume's update, where the kubelet writes a new hidden folder `..<timestamp>/` and swaps the
+    `..data` symlink that `table.json -> ..data/table.json` goes through. (Resolving the symlinks
+    once would watch the first hidden folder, which the kubelet deletes at the first update.)
     """
-    path = path.resolve()
+    path = Path(os.path.abspath(path))
     load_file_once(path, router)
 
     def is_table(change: watchfiles.Change, changed: str) -> bool:
-        return Path(changed).name == path.name
+        name = Path(changed).name
+        return name == path.name or name.startswith("..")
 
-    async for _ in watchfiles.awatch(path.parent, watch_filter=is_table, debounce=50, step=25):
+    async for _ in watchfiles.awatch(path.parent, watch_filter=is_table, debounce=50, step=25, recursive=False):
         load_file_once(path, router)
 
 

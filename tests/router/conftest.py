@@ -36,11 +36,12 @@ class Fleet:
             sim.wait_ready()
         return new
 
-    def router(self, table: dict, *extra_args: str) -> RouterProcess:
-        """Start `maitred router` on `table`; returns it once it has applied the table."""
+    def router(self, table: dict, *extra_args: str, table_path: Path | None = None) -> RouterProcess:
+        """Start `maitred router` on `table` (or on the file at `table_path`, which holds it); returns it
+        once it has applied the table."""
         work = self.work_dir / f"router{sum(isinstance(p, RouterProcess) for p in self.processes)}"
         work.mkdir()
-        proc = RouterProcess(table, work, list(extra_args))
+        proc = RouterProcess(table, work, list(extra_args), table_path=table_path)
         self.processes.append(proc)
         proc.wait_ready()
         return proc

@@ -173,13 +173,15 @@ class SimProcess:
 class RouterProcess:
     """`maitred router --table FILE` on a fresh 127.0.0.x address."""
 
-    def __init__(self, table: dict, work_dir: Path, extra_args: list[str] = ()) -> None:
+    def __init__(self, table: dict, work_dir: Path, extra_args: list[str] = (), table_path: Path | None = None) -> None:
+        """`table_path`: a table file the test laid out itself (else `table` is written to work_dir/table.json)."""
         self.host = next_host()
         self.port = free_port(self.host)
-        self.table_path = work_dir / "table.json"
+        self.table_path = table_path or work_dir / "table.json"
         self.table = dict(table)
         self.table.setdefault("version", 1)
-        write_atomically(self.table_path, self.table)
+        if table_path is None:
+            write_atomically(self.table_path, self.table)
         self.log_path = work_dir / "router.log"
         self._log = open(self.log_path, "wb")
         if "--workers" not in extra_args:

@@ -93,3 +93,38 @@ def test_a_deleted_table_file_keeps_the_last_good_table(backends, router):
     assert r.client.post("/v1/chat/completions", json={"model": "test-model", "messages": []}).status_code == 200
     r.write_table({**r.table, "version": 2})
     assert r.debug()["tableError"] is None
+
+
+def configmap_volume_update(mount, table: dict, stamp: str) -> None:
+    """Update `mount` as the kubelet updates a ConfigMap volume: a new hidden folder holding the files,
+    then the `..data` symlink swapped to it by a rename, then the old folder removed."""
+    import json
+    import os
+    import shutil
+
+    folder = mount / f"..{stamp}"
+    folder.mkdir()
+    (folder / "table.json").write_text(json.dumps(table))
+    old = os.readlink(mount / "..data") if (mount / "..data").is_symlink() else None
+    os.symlink(folder.name, mount / "..data_tmp")
+    os.replace(mount / "..data_tmp", mount / "..data")
+    if not (mount / "table.json").is_symlink():
+        os.symlink("..data/table.json", mount / "table.json")
+    if old is not None:
+        shutil.rmtree(mount / old)
+
+
+def test_a_table_on_a_configmap_volume_reloads_at_every_update(backends, router, tmp_path):
+    a, b, c = backends(("a", {}), ("b", {}), ("c", {}))
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    first = table([a])
+    configmap_volume_update(mount, first, "2026_12_01_a")
+    r = router(first, table_path=mount / "table.json")
+
+    for n, (backend, stamp) in enumerate([(b, "2026_12_01_b"), (c, "2026_12_01_c")], start=2):
+        configmap_volume_update(mount, {**table([backend]), "version": n}, stamp)
+        r.wait_version(n)
+        results = run_load(r.url, requests=10, concurrency=2)
+        assert {x.backend for x in results} == {backend.name}, f"update {n} not applied"
+    assert r.debug()["tableError"] is None
