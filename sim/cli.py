@@ -80,7 +80,8 @@ def sim_command(
             ),
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        # Named as the options are (the config's field names are the options' with dashes).
+        problems = "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         raise typer.BadParameter(problems) from None
     # Imported here so that `maitred --help` does not load uvicorn and the app.
     from maitred.sim.serve import serve
