@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from maitred.router.table import HealthCheck, Method, Retries, Timeouts
+from maitred.router.table import Affinity, HealthCheck, Method, Retries, Timeouts
 
 GROUP = "maitred.dev"
 VERSION = "v1alpha1"
@@ -111,10 +111,13 @@ class WeightRule(_Model):
 
 
 class Balancing(_Model):
-    """How the router picks an endpoint: a method of the router, and per-pod weights by labels."""
+    """How the router picks an endpoint: a method of the router, per-pod weights by labels, affinity settings."""
 
     method: Method = "least-connections"
     weights: tuple[WeightRule, ...] = Field(default=(), max_length=MAX_LABELS)
+    affinity: Affinity = Field(default=Affinity(), description=(
+        "for prefix-affinity and session-affinity: sessionHeader, the request header naming a session;"
+        " loadFactor, pass over an endpoint above loadFactor x (its share of the load + 1) requests"))
 
 
 Quantity = int | str
@@ -208,7 +211,7 @@ class PoolSpec(_Model):
                                     description="served model names; requests for others get 404")
     balancing: Balancing = Field(default=Balancing(), description=(
         "method: the router's balancing method; weights: [{selector, weight}], the first rule that matches a pod"
-        " gives its weight (1 if none does)"))
+        " gives its weight (1 if none does); affinity: {sessionHeader, loadFactor} of the affinity methods"))
     health_check: HealthCheck = Field(default=HealthCheck(), description=(
         "the router's active checks: GET path every periodSeconds, eject an endpoint after failureThreshold"
         " failures, take it back after successThreshold successes"))

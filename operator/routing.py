@@ -90,7 +90,7 @@ def build_routing_table(pool_spec: PoolSpec | Mapping[str, Any], pods: Iterable[
     endpoints += [e for e in static if not (e.id in seen or seen.add(e.id))]  # a URL listed twice counts once
     table = RoutingTable(pool=pool, version=1, method=spec.balancing.method, models=spec.models,
                          endpoints=tuple(endpoints), health_check=spec.health_check, retries=spec.retries,
-                         timeouts=spec.timeouts)
+                         timeouts=spec.timeouts, affinity=spec.balancing.affinity)
     return versioned(table, previous)
 
 

@@ -108,8 +108,9 @@ class Affinity(_Model):
 
     session_header: str = Field(default="x-session-id", max_length=256, pattern=HEADER_NAME,
                                 description="request header carrying a session id, e.g. x-session-id")
-    load_factor: float = Field(default=1.25, ge=1.0, allow_inf_nan=False,
-                               description="pass over an endpoint above load_factor x (its share of the load + 1)")
+    load_factor: float = Field(
+        default=1.25, ge=1.0, allow_inf_nan=False,
+        description="pass over an endpoint above loadFactor x (its share of the load + 1) requests")
 
     @field_validator("session_header")
     @classmethod

@@ -126,6 +126,17 @@ def test_the_pool_settings_reach_the_table_unchanged():
     assert table.retries.attempts == 0 and table.timeouts.request_seconds == 60
 
 
+def test_the_affinity_method_and_settings_reach_the_table():
+    table = build_routing_table(spec(balancing={"method": "session-affinity",
+                                                "affinity": {"sessionHeader": "X-Chat-Id", "loadFactor": 2}}),
+                                [pod("a")])
+
+    assert table.method == "session-affinity"
+    assert (table.affinity.session_header, table.affinity.load_factor) == ("x-chat-id", 2.0)
+    assert parse_table(table.to_json()).affinity == table.affinity
+    assert build_routing_table(spec(), [pod("a")]).affinity.load_factor == 1.25
+
+
 def test_ipv6_pod_addresses_are_bracketed():
     table = build_routing_table(spec(), [pod("a", "fd00::5")])
 

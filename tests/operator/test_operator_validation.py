@@ -50,6 +50,11 @@ INVALID = [
      'Unsupported value: "Ingress"'),
     ("a zero health-check period", {**SELECTOR, "healthCheck": {"periodSeconds": 0}},
      "spec.healthCheck.periodSeconds", "greater than 0"),
+    ("an affinity load factor below 1", {**SELECTOR, "balancing": {"affinity": {"loadFactor": 0.5}}},
+     "spec.balancing.affinity.loadFactor", "greater than or equal to 1"),
+    ("a session header that is no header name",
+     {**SELECTOR, "balancing": {"method": "session-affinity", "affinity": {"sessionHeader": "x session"}}},
+     "spec.balancing.affinity.sessionHeader", "should match"),
 ]
 
 
@@ -78,6 +83,7 @@ def test_a_valid_pool_gets_its_defaults_from_the_api_server(pools):
 
     assert spec["replicas"] == 1 and spec["port"] == 8000
     assert spec["balancing"]["method"] == "least-connections"
+    assert spec["balancing"]["affinity"] == {"sessionHeader": "x-session-id", "loadFactor": 1.25}
     assert spec["healthCheck"] == {"path": "/health", "periodSeconds": 5, "timeoutSeconds": 2,
                                    "failureThreshold": 3, "successThreshold": 1}
     assert spec["router"] == {"replicas": 2, "port": 8080, "serviceType": "ClusterIP"}
