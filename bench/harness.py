@@ -224,6 +224,24 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
+def tree_pss_bytes(pid: int) -> int:
+    """Proportional set size of `pid` and its live descendants, in bytes: shared pages split among their sharers.
+
+    Fairer than the RSS sum for a router that forks workers. Falls back to RSS where smaps_rollup is unreadable.
+    """
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            total += tree_rss_bytes(p) if p == pid else 0
+    return total
+
+
 def wait_http(url: str, ok=lambda r: r.status_code == 200, timeout_s: float = 30.0) -> None:
     """Poll GET `url` until `ok(response)`; RuntimeError after `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
@@ -273,7 +291,7 @@ async def open_streams(port: int, count: int, rate_per_s: float, hold_s: float, 
     resident memory of that process tree is sampled every 0.5 s and its peak reported.
 
     Returns {"opened", "failed", "first_event_p50_s", "first_event_p99_s", "first_event_max_s",
-    "probe_p50_s", "probe_p99_s", "peak_rss_mb", "errors" (up to 5 messages)}. Bounded: the whole
+    "probe_p50_s", "probe_p99_s", "peak_rss_mb", "peak_pss_mb" (MB), "errors" (up to 5 messages)}. Bounded: the whole
     call ends within count/rate + hold_s + 2*first_event_timeout_s + probes*first_event_timeout_s s.
     """
     body = json.dumps(STREAM_COMPLETION).encode()
@@ -286,7 +304,7 @@ async def open_streams(port: int, count: int, rate_per_s: float, hold_s: float, 
     start = loop.time() + 0.2
     ramp_end = start + count / rate_per_s
     release = asyncio.Event()
-    peak_rss = 0
+    peak_rss = peak_pss = 0
 
     async def first_event(writer_box: list) -> float:
         t0 = loop.time()
@@ -324,9 +342,10 @@ async def open_streams(port: int, count: int, rate_per_s: float, hold_s: float, 
                 box[0].close()
 
     async def sample_rss() -> None:
-        nonlocal peak_rss
+        nonlocal peak_rss, peak_pss
         while pid is not None:
             peak_rss = max(peak_rss, tree_rss_bytes(pid))
+            peak_pss = max(peak_pss, tree_pss_bytes(pid))
             await asyncio.sleep(0.5)
 
     sampler = loop.create_task(sample_rss())
@@ -349,7 +368,8 @@ async def open_streams(port: int, count: int, rate_per_s: float, hold_s: float, 
                 box[0].close()
         await asyncio.sleep(hold_s / max(probes, 1) / 2)
     await asyncio.sleep(max(0.0, probe_deadline - loop.time()))
-    peak_rss = max(peak_rss, tree_rss_bytes(pid)) if pid is not None else 0
+    if pid is not None:
+        peak_rss, peak_pss = max(peak_rss, tree_rss_bytes(pid)), max(peak_pss, tree_pss_bytes(pid))
     release.set()
     await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), first_event_timeout_s * 2)
     sampler.cancel()
@@ -357,7 +377,8 @@ async def open_streams(port: int, count: int, rate_per_s: float, hold_s: float, 
             "first_event_p50_s": _round(percentile(firsts, 50)), "first_event_p99_s": _round(percentile(firsts, 99)),
             "first_event_max_s": _round(max(firsts) if firsts else None),
             "probe_p50_s": _round(percentile(probe_times, 50)), "probe_p99_s": _round(percentile(probe_times, 99)),
-            "peak_rss_mb": round(peak_rss / 2**20, 1) if pid is not None else None, "errors": errors}
+            "peak_rss_mb": round(peak_rss / 2**20, 1) if pid is not None else None,
+            "peak_pss_mb": round(peak_pss / 2**20, 1) if pid is not None else None, "errors": errors}
 
 
 async def _drain(reader: asyncio.StreamReader) -> None:

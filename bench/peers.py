@@ -15,7 +15,8 @@ Figures:
 - 256-event streams at concurrency 32: streams/s, p99 of the whole stream (ms);
 - CPU seconds of the router's process tree per 10,000 requests (from /proc/PID/stat, utime + stime);
 - open-stream capacity: 1,000 and 5,000 slow streams held open at once (opened at 1,000/s): the router's
-  resident memory (MB, idle and peak) and each stream's first-event latency (p50, p99; s).
+  memory (MB, idle and peak; RSS summed over its processes, and PSS, which splits the pages that forked
+  workers share) and each stream's first-event latency (p50, p99; s).
 
 Machines differ 2x from day to day, so only ratios within one run are claimed: peers.md gives each
 figure of maitred as a ratio to vllm-router's and sglang-router's.
@@ -46,7 +47,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import (HOST, SMALL_CHAT, STREAM_COMPLETION, backend_conf, big_chat, check_path, machine,  # noqa: E402
-                     open_streams, proxy_conf, tree_cpu_s, tree_rss_bytes, wait_http, wrk, write_lua)
+                     open_streams, proxy_conf, tree_cpu_s, tree_pss_bytes, tree_rss_bytes, wait_http, wrk,
+                     write_lua)
 from peer_routers import (PEER_VERSIONS, ensure_peer_venv, start_sglang_router,  # noqa: E402
                           start_vllm_router)
 
@@ -183,7 +185,8 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, rounds: int, str
     for kind in kinds:
         slow_targets[kind] = start_router(kind, procs, workdir, slow_ports, has_workers, suffix="-slow")
     for name, (port, pid) in slow_targets.items():
-        capacity[name] = {"idle_rss_mb": round(tree_rss_bytes(pid) / 2**20, 1) if pid else None}
+        capacity[name] = {"idle_rss_mb": round(tree_rss_bytes(pid) / 2**20, 1) if pid else None,
+                          "idle_pss_mb": round(tree_pss_bytes(pid) / 2**20, 1) if pid else None}
         for count in streams:
             rate = 1000.0
             hold = max(4.0, min(10.0, seconds + 2))
@@ -232,10 +235,12 @@ def _metrics(paths: dict, capacity: dict) -> dict[str, dict[str, float | None]]:
     add("CPU s per 10k streams, c=32", lambda c: c["stream_c32"]["cpu_s_per_10k"])
     for count in sorted({k for v in capacity.values() for k in v if k.isdigit()}, key=int):
         for field, label in (("peak_rss_mb", f"RSS with {int(count):,} open streams (MB)"),
+                             ("peak_pss_mb", f"PSS with {int(count):,} open streams (MB)"),
                              ("first_event_p99_s", f"first-event p99, {int(count):,} streams (s)"),
                              ("failed", f"failed of {int(count):,} streams")):
             figures[label] = {name: (cap.get(count) or {}).get(field) for name, cap in capacity.items()}
     figures["idle RSS (MB)"] = {name: cap.get("idle_rss_mb") for name, cap in capacity.items()}
+    figures["idle PSS (MB)"] = {name: cap.get("idle_pss_mb") for name, cap in capacity.items()}
     return figures
 
 
