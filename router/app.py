@@ -12,7 +12,7 @@ import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -90,9 +90,14 @@ def _control_app(router: Router, source: TableSource | None, checks: bool) -> Fa
         return _json(router.snapshot())
 
     @app.api_route("/v1/models", methods=["GET", "HEAD"])
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
         table = router.endpoints.table
-        names = list(table.models) if table and table.models else await _backend_models(router)
+        if table and table.models:
+            names = list(table.models)
+        else:
+            names = await _backend_models(router, request.headers.get("authorization"))
+            if isinstance(names, Response):
+                return names
         return _json({"object": "list", "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": table.pool if table else "maitred"}
             for name in names]})
@@ -113,18 +118,40 @@ def _json(data, status_code: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
-async def _backend_models(router: Router) -> list[str]:
-    """The union of the live endpoints' own /v1/models lists (when the table names no models)."""
+async def _backend_models(router: Router, authorization: str | None) -> list[str] | Response:
+    """The union of the live endpoints' own /v1/models lists (when the table names no models).
 
-    async def fetch(url: str) -> list[str]:
+    Asked with the client's Authorization, since a replica started with an API key (`vllm serve
+    --api-key`) refuses the list without it. If no replica answered with a list, the answer is not an
+    empty list but the reason: a replica's own 401/403 passed through (the client's key is wrong),
+    503 if no endpoint is live, else 502.
+    """
+    headers = {"Authorization": authorization} if authorization else {}
+
+    async def fetch(url: str) -> list[str] | tuple[int, bytes, str]:
         try:
-            async with router.session.get(url + "/v1/models", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            async with router.session.get(url + "/v1/models", headers=headers,
+                                          timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                body = await resp.read()
                 if resp.status != 200:
-                    return []
-                data = await resp.json(content_type=None)
-                return [m["id"] for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
-            return []
+                    return resp.status, body, resp.content_type
+                data = orjson.loads(body)
+                return [m["id"] for m in data.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+            return 502, error_body(f"endpoint {url} gave no model list: {type(exc).__name__}", "upstream_error",
+                                   "upstream_error"), "application/json"
 
-    lists = await asyncio.gather(*(fetch(s.url) for s in router.endpoints.live))
-    return sorted({name for names in lists for name in names})
+    live = router.endpoints.live
+    if not live:
+        return Response(error_body("no endpoint is available to list the models", "service_unavailable",
+                                   "no_endpoint_available"), status_code=503, media_type="application/json",
+                        headers={"x-maitred-error": "no_endpoint_available", "retry-after": "1"})
+    answers = await asyncio.gather(*(fetch(s.url) for s in live))
+    lists = [a for a in answers if isinstance(a, list)]
+    if lists:
+        return sorted({name for names in lists for name in names})
+    refused = [a for a in answers if a[0] in (401, 403)]
+    status, body, content_type = refused[0] if refused else (502, error_body(
+        f"no endpoint answered with a model list (HTTP {', '.join(str(a[0]) for a in answers)})",
+        "upstream_error", "upstream_error"), "application/json")
+    return Response(body, status_code=status, media_type=content_type or "application/json")

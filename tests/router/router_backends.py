@@ -54,6 +54,7 @@ class Backend:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.name = args.name
+        self.api_key = args.api_key
         self.cfg = {
             "delay_s": args.delay_s,
             "chunks": args.chunks,
@@ -85,6 +86,10 @@ class Backend:
             return await handler(request)
         if request.path == "/health":
             self.health_checks += 1
+        elif self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            # As `vllm serve --api-key`: every /v1 path needs the key; /health does not.
+            return web.Response(status=401, body=openai_error("Unauthorized", "invalid_request_error", "unauthorized"),
+                                content_type="application/json")
         else:
             self.arrivals.append([time.time(), request.path])
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -111,6 +116,10 @@ class Backend:
             self.in_flight -= 1
 
     # --- handlers -----------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.Response:
+        """This replica's model list, as vLLM serves it."""
+        return json_response({"object": "list", "data": [{"id": f"model-of-{self.name}", "object": "model"}]})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -222,6 +231,7 @@ class Backend:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/control", self.control)
         app.router.add_get("/v1/endless", self.endless)
+        app.router.add_get("/v1/models", self.models)
         for path in MODEL_PATHS:
             app.router.add_post(path, self.completions)
         app.router.add_route("*", "/v1/{rest:.*}", self.upload)
@@ -296,6 +306,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--report-running", type=float, default=None,
                    help="serve /metrics: running = this + requests in flight here")
     p.add_argument("--report-waiting", type=float, default=0.0, help="waiting requests /metrics reports")
+    p.add_argument("--api-key", default=None, help="every /v1 request needs `Authorization: Bearer KEY` (else 401)")
     return p.parse_args(argv)
 
 

@@ -92,3 +92,17 @@ def test_with_every_endpoint_down_the_router_says_no_endpoint_is_available(backe
     metrics = r.metrics()
     assert metric(metrics, "maitred_endpoint_healthy", endpoint="a") == metric(metrics, "maitred_endpoint_healthy",
                                                                                 endpoint="b") == 0
+
+
+def test_models_behind_api_keys_are_listed_with_the_clients_key_and_a_wrong_key_gets_the_401(backends, router):
+    a, b = backends(("a", {"api_key": "sk-good"}), ("b", {"api_key": "sk-good"}))
+    r = router({**table([a, b]), "models": []})
+
+    listed = r.client.get("/v1/models", headers={"Authorization": "Bearer sk-good"})
+    assert listed.status_code == 200
+    assert [m["id"] for m in listed.json()["data"]] == ["model-of-a", "model-of-b"]
+
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+        refused = r.client.get("/v1/models", headers=headers)
+        assert refused.status_code == 401, refused.text  # never 200 with an empty list
+        assert refused.json()["error"]["message"] == "Unauthorized"
