@@ -15,6 +15,8 @@ import typer
 #: Largest request body accepted by default, in bytes (see maitred.router.admission).
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: How long open requests may run after SIGTERM by default, in s (Kubernetes' default grace period is 30 s).
+DEFAULT_DRAIN_SECONDS = 30.0
 
 
 def default_workers() -> int:
@@ -38,6 +40,8 @@ def router_command(
                                      " table source run once, in a supervisor, and all workers share endpoint state."),
     max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1,
                                        help="Largest request body accepted, in bytes (413 past it)."),
+    drain_seconds: float = typer.Option(DEFAULT_DRAIN_SECONDS, min=0,
+                                        help="On SIGTERM, how long open requests (streams) may still run, in s."),
     access_log: bool = typer.Option(True, help="One JSON log line per proxied request."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
@@ -49,14 +53,14 @@ def router_command(
     workers = workers or default_workers()
     _check_can_listen(host, port)
     if workers == 1:
-        _run_single(source, host, port, max_body_bytes, access_log, log_level)
+        _run_single(source, host, port, max_body_bytes, access_log, log_level, drain_seconds)
         return
     from maitred.router import workers as multi
 
     logging_setup(log_level, access_log)
     raise typer.Exit(multi.run(
         {"workers": workers, "host": host, "port": port, "max_body_bytes": max_body_bytes,
-         "log_level": log_level, "access_log": access_log},
+         "log_level": log_level, "access_log": access_log, "drain_seconds": drain_seconds},
         source_factory=lambda: source))
 
 
@@ -68,14 +72,15 @@ def logging_setup(log_level: str, access_log: bool) -> None:
     logging.getLogger("maitred.access").setLevel(logging.INFO if access_log else logging.WARNING)
 
 
-def _run_single(source, host: str, port: int, max_body_bytes: int, access_log: bool, log_level: str) -> None:
+def _run_single(source, host: str, port: int, max_body_bytes: int, access_log: bool, log_level: str,
+                drain_seconds: float) -> None:
     from maitred.router.app import create_app
     from maitred.router.core import Router
     from maitred.router.serve import listen_socket, serve
 
     logging_setup(log_level, access_log)
     router = Router(max_body_bytes=max_body_bytes)
-    serve(create_app(router, source=source), listen_socket(host, port, reuse_port=False), log_level)
+    serve(create_app(router, source=source), listen_socket(host, port, reuse_port=False), log_level, drain_seconds)
 
 
 def _check_can_listen(host: str, port: int) -> None:

@@ -41,6 +41,8 @@ MONITOR_PERIOD_S = 0.2
 RESTART_DELAY_S = 1.0
 #: Exit code of a worker that could not listen: the supervisor gives up instead of restarting it.
 EXIT_CANNOT_LISTEN = 3
+#: How long past its drain bound (s) a worker may take to exit before it is killed.
+STOP_MARGIN_S = 5.0
 TABLE_FILE = "table.json"
 STATE_FILE = "state.bin"
 
@@ -57,6 +59,7 @@ class WorkerSpec:
     max_body_bytes: int
     log_level: str
     access_log: bool
+    drain_seconds: float
 
 
 def run(spec_args: dict, source_factory) -> int:
@@ -139,7 +142,7 @@ async def _supervise(spec: WorkerSpec, source) -> int:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()
     finally:
-        await asyncio.to_thread(_stop_workers, procs)
+        await asyncio.to_thread(_stop_workers, procs, spec.drain_seconds + STOP_MARGIN_S)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -155,14 +158,19 @@ def _start_worker(context, spec: WorkerSpec, index: int):
     return proc
 
 
-def _stop_workers(procs) -> None:
-    """SIGTERM every worker and wait for each to drain and exit."""
+def _stop_workers(procs, within_s: float) -> None:
+    """SIGTERM every worker, wait up to `within_s` (s) for all to drain and exit, SIGKILL what is left."""
     for proc in procs:
         if proc.exitcode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + within_s
     for proc in procs:
-        proc.join()
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.exitcode is None:
+            log.error("worker %s did not stop within %.0f s; killing it", proc.name, within_s)
+            proc.kill()
+            proc.join()
 
 
 def worker_main(spec: WorkerSpec, index: int, supervisor_pid: int) -> None:
@@ -187,7 +195,7 @@ def worker_main(spec: WorkerSpec, index: int, supervisor_pid: int) -> None:
     shared.set_worker_status(index, pid=os.getpid(), table_version=-1, applied_at_ns=0, table_generation=-1)
     router = Router(max_body_bytes=spec.max_body_bytes, shared=shared, worker=index)
     source = functools.partial(follow_tables, Path(spec.run_dir), supervisor_pid=supervisor_pid)
-    serve(create_app(router, source=source, checks=False), sock, spec.log_level)
+    serve(create_app(router, source=source, checks=False), sock, spec.log_level, spec.drain_seconds)
 
 
 async def follow_tables(run_dir: Path, router, supervisor_pid: int) -> None:
