@@ -15,7 +15,7 @@ from collections import Counter
 import aiohttp
 import orjson
 import pytest
-from router_harness import MODEL, chat_body, table, wait_for
+from router_harness import MODEL, ROUTER_WORKERS, chat_body, table, wait_for
 
 from maitred.router.balancing import RequestView, make_balancer
 from maitred.router.balancing.keys import KEY_CHARS, affinity_key, prefix_key, session_key
@@ -218,9 +218,11 @@ def test_a_pool_wide_system_prompt_spreads_conversations_and_each_keeps_its_endp
 
     # A burst: the first turn of all 64 conversations at once, each held 0.5 s by its replica. No
     # endpoint goes over the bound, 1.25 x (63 / 4 + 1) < 21 before the last pick; all take a share.
+    # (Workers of one router pick in parallel: each may add one at the very same moment.)
     burst = send_through([r], [({}, conversation(k, 1)) for k in range(64)], concurrency=64)[0]
     assert set(burst) == set("abcd"), Counter(burst)
-    assert max(b.stats()["maxInFlight"] for b in replicas) <= 21, [b.stats()["maxInFlight"] for b in replicas]
+    most = [b.stats()["maxInFlight"] for b in replicas]
+    assert max(most) <= 21 + ROUTER_WORKERS - 1, most
 
     # Then the conversations go on, 8 at a time, on a pool as busy as a real one (its replicas report
     # 200 running), three turns each: every conversation stays where it started.
