@@ -281,18 +281,19 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100.0 * len(ordered) + 0.5) - 1))]
 
 
-async def open_streams(port: int, count: int, rate_per_s: float, hold_s: float, probes: int = 20,
+async def open_streams(port: int, count: int, rate_per_s: float, hold_s: float, probes: int = 100,
                        pid: int | None = None, first_event_timeout_s: float = 10.0) -> dict:
     """Open `count` SSE streams to 127.0.0.1:`port` at `rate_per_s` a second, hold them all `hold_s` s, close them.
 
     Each stream POSTs STREAM_COMPLETION to /v1/completions over its own connection and is timed from
-    connect to its first event. Once all are open, `probes` more streams are opened one after another
-    and timed the same way (the first event of a new request while `count` are open). With `pid`, the
+    connect to its first event (while opening: `first_event_*`). Once all are open, `probes` more
+    streams are opened one after another, spread over `hold_s`, and timed the same way (`probe_*`: the
+    first event of a new request while `count` are open). With `pid`, the
     resident memory of that process tree is sampled every 0.5 s and its peak reported.
 
     Returns {"opened", "failed", "first_event_p50_s", "first_event_p99_s", "first_event_max_s",
     "probe_p50_s", "probe_p99_s", "peak_rss_mb", "peak_pss_mb" (MB), "errors" (up to 5 messages)}. Bounded: the whole
-    call ends within count/rate + hold_s + 2*first_event_timeout_s + probes*first_event_timeout_s s.
+    call ends within count/rate + hold_s + 3 * first_event_timeout_s s.
     """
     body = json.dumps(STREAM_COMPLETION).encode()
     request = (f"POST /v1/completions HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
@@ -366,7 +367,7 @@ async def open_streams(port: int, count: int, rate_per_s: float, hold_s: float, 
         finally:
             if box:
                 box[0].close()
-        await asyncio.sleep(hold_s / max(probes, 1) / 2)
+        await asyncio.sleep(hold_s / max(probes, 1))
     await asyncio.sleep(max(0.0, probe_deadline - loop.time()))
     if pid is not None:
         peak_rss, peak_pss = max(peak_rss, tree_rss_bytes(pid)), max(peak_pss, tree_pss_bytes(pid))

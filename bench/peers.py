@@ -14,9 +14,10 @@ Figures:
 - throughput at concurrency 32 and 128 (wrk), small JSON and a 220 KB prompt: req/s, p99 (ms);
 - 256-event streams at concurrency 32: streams/s, p99 of the whole stream (ms);
 - CPU seconds of the router's process tree per 10,000 requests (from /proc/PID/stat, utime + stime);
-- open-stream capacity: 1,000 and 5,000 slow streams held open at once (opened at 1,000/s): the router's
+- open-stream capacity: 1,000 and 5,000 slow streams held open at once (opened at 250/s): the router's
   memory (MB, idle and peak; RSS summed over its processes, and PSS, which splits the pages that forked
-  workers share) and each stream's first-event latency (p50, p99; s).
+  workers share), each stream's first-event latency while they open, and that of 100 new streams opened one
+  by one while all are open (p99, s).
 
 Machines differ 2x from day to day, so only ratios within one run are claimed: peers.md gives each
 figure of maitred as a ratio to vllm-router's and sglang-router's.
@@ -114,6 +115,9 @@ def main() -> None:
                         help="rounds of every wrk run; the best (most req/s) is kept (default 2, quick 1)")
     parser.add_argument("--streams", type=int, nargs="+", default=None,
                         help="open-stream counts (default 1000 5000, quick 200 1000)")
+    parser.add_argument("--parts", nargs="+", choices=("throughput", "capacity"), default=["throughput", "capacity"],
+                        help="which parts to run (both by default)")
+    parser.add_argument("--open-rate", type=float, default=250.0, help="streams opened per second, /s")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     seconds = args.seconds or (2.0 if args.quick else 8.0)
@@ -130,17 +134,17 @@ def main() -> None:
                                     "and maitred-w1 runs without the option"]
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "seconds_per_run": seconds,
             "rounds": rounds,
-            "streams": streams, "quick": args.quick, "versions": PEER_VERSIONS,
+            "streams": streams, "open_rate_per_s": args.open_rate, "quick": args.quick, "versions": PEER_VERSIONS,
             "note": "wrk, the backend and the router share the machine's cores"}
     workdir = Path(tempfile.mkdtemp(prefix="maitred-peers-"))
     with ProcessGroup(workdir) as procs:
-        paths, capacity = run_all(procs, workdir, seconds, rounds, streams, has_workers, notes)
+        paths, capacity = run_all(procs, workdir, seconds, rounds, streams, args.open_rate, has_workers, notes, args.parts)
     meta["loadavg_end"] = machine()["loadavg"]
     write_results(args.out, meta, paths, capacity, notes)
 
 
-def run_all(procs: ProcessGroup, workdir: Path, seconds: float, rounds: int, streams: list[int],
-            has_workers: bool, notes: list[str]) -> tuple[dict, dict]:
+def run_all(procs: ProcessGroup, workdir: Path, seconds: float, rounds: int, streams: list[int], open_rate: float,
+            has_workers: bool, notes: list[str], parts: list[str]) -> tuple[dict, dict]:
     main_ports = [free_port(HOST), free_port(HOST)]
     slow_ports = [free_port(HOST), free_port(HOST)]
     procs.start("backend", ["nginx", "-c", str(backend_conf(workdir, "backend", main_ports, slow_ports)),
@@ -164,6 +168,8 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, rounds: int, str
     paths: dict[str, dict] = {name: {} for name in targets}
     for name, (port, _) in targets.items():
         wrk(f"http://{HOST}:{port}/v1/chat/completions", scripts["small"], 8, 1.0)  # warm connection pools
+    if "throughput" not in parts:
+        rounds = 0
     # Case by case, every path in turn, `rounds` times: a burst of load from elsewhere on the machine
     # then hits one run of each path rather than all runs of one; the best round is kept.
     for round_ in range(rounds):
@@ -182,15 +188,14 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, rounds: int, str
 
     capacity: dict[str, dict] = {}
     slow_targets = {"direct": (slow_ports[0], None), "nginx": (proxy_slow_port, procs.procs["nginx-proxy"].pid)}
-    for kind in kinds:
+    for kind in kinds if "capacity" in parts else ():
         slow_targets[kind] = start_router(kind, procs, workdir, slow_ports, has_workers, suffix="-slow")
-    for name, (port, pid) in slow_targets.items():
+    for name, (port, pid) in slow_targets.items() if "capacity" in parts else ():
         capacity[name] = {"idle_rss_mb": round(tree_rss_bytes(pid) / 2**20, 1) if pid else None,
                           "idle_pss_mb": round(tree_pss_bytes(pid) / 2**20, 1) if pid else None}
         for count in streams:
-            rate = 1000.0
             hold = max(4.0, min(10.0, seconds + 2))
-            result = uvloop.run(open_streams(port, count, rate, hold, pid=pid))
+            result = uvloop.run(open_streams(port, count, open_rate, hold, pid=pid))
             capacity[name][str(count)] = result
             print(json.dumps({"path": name, "open_streams": count, **result}), flush=True)
             time.sleep(2.0)  # let the closed streams' upstream connections go
@@ -210,8 +215,8 @@ def write_results(out: Path, meta: dict, paths: dict, capacity: dict, notes: lis
 
 
 def _metrics(paths: dict, capacity: dict) -> dict[str, dict[str, float | None]]:
-    """Each compared figure per path: name -> {path: value}. `higher` figures are better when larger."""
-    direct = paths["direct"]["json_c1"]
+    """Each compared figure per path: label -> {path: value} (None where a part did not run)."""
+    direct = paths.get("direct", {}).get("json_c1")
     figures: dict[str, dict[str, float | None]] = {}
 
     def add(key: str, fn) -> None:
@@ -236,7 +241,8 @@ def _metrics(paths: dict, capacity: dict) -> dict[str, dict[str, float | None]]:
     for count in sorted({k for v in capacity.values() for k in v if k.isdigit()}, key=int):
         for field, label in (("peak_rss_mb", f"RSS with {int(count):,} open streams (MB)"),
                              ("peak_pss_mb", f"PSS with {int(count):,} open streams (MB)"),
-                             ("first_event_p99_s", f"first-event p99, {int(count):,} streams (s)"),
+                             ("first_event_p99_s", f"first-event p99 while opening {int(count):,} (s)"),
+                             ("probe_p99_s", f"first-event p99 of a new stream, {int(count):,} open (s)"),
                              ("failed", f"failed of {int(count):,} streams")):
             figures[label] = {name: (cap.get(count) or {}).get(field) for name, cap in capacity.items()}
     figures["idle RSS (MB)"] = {name: cap.get("idle_rss_mb") for name, cap in capacity.items()}
@@ -262,7 +268,7 @@ def derive(paths: dict, capacity: dict) -> dict:
         aims[f"{mine}: added p50 <= 0.3 ms"] = {"value": added, "met": added is not None and added <= 0.3}
         ratio = ratios["req/s JSON c=32"].get(f"{mine}/vllm-router")
         aims[f"{mine}: req/s c=32 >= 60% of vllm-router's"] = {"value": ratio, "met": ratio is not None and ratio >= 0.6}
-        key = "first-event p99, 5,000 streams (s)"
+        key = "first-event p99 of a new stream, 5,000 open (s)"
         if key in figures:
             p99 = figures[key].get(mine)
             aims[f"{mine}: first-event p99 with 5,000 open streams <= 0.5 s"] = {
@@ -293,7 +299,7 @@ def render_md(meta: dict, notes: list[str], paths: dict, capacity: dict, derived
         f"{meta['date']}; {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}; "
         f"load average at the start {m['loadavg']}, at the end {meta['loadavg_end']} (1, 5, 15 min). "
         f"wrk, the NGINX backend and the router share the cores. {meta['seconds_per_run']:g} s per wrk run, best of "
-        f"{meta['rounds']} rounds"
+        f"{meta['rounds']} rounds; streams opened at {meta['open_rate_per_s']:g}/s"
         f"{' (quick run)' if meta['quick'] else ''}. `python bench/peers.py`.",
         "",
     ]
