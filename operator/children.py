@@ -13,6 +13,8 @@ pool lets the garbage collector remove them all; no finalizer is needed for that
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,18 +102,53 @@ def build_deployment(pool: PoolRef, spec: PoolSpec) -> dict | None:
     }
 
 
-def build_configmap(pool: PoolRef, table: RoutingTable) -> dict:
-    """The ConfigMap ``<name>-routing`` holding `table` under ``table.json``."""
+def build_configmap(pool: PoolRef, table: RoutingTable, table_json: str | None = None) -> dict:
+    """The ConfigMap ``<name>-routing`` holding `table` under ``table.json`` (`table_json`: its JSON, if made already)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(pool, routing_configmap_name(pool.name), "routing-table"),
-        "data": {TABLE_KEY: table.to_json().decode()},
+        "data": {TABLE_KEY: table_json if table_json is not None else table.to_json().decode()},
     }
 
 
 def _router_labels(pool: PoolRef) -> dict:
     return {ROUTER_LABEL: pool.name, "app.kubernetes.io/component": "router"}
+
+
+#: Pause before a router pod gets SIGTERM, in s, so that traffic stops arriving first.
+PRESTOP_PAUSE_S = 5
+#: Time past the drain bound (s) a router pod has to exit before the kubelet kills it.
+STOP_MARGIN_S = 5
+#: Router worker processes when the pod names neither a CPU request nor a limit.
+DEFAULT_ROUTER_WORKERS = 2
+
+
+def router_workers(resources) -> int:
+    """Worker processes for a router pod: its CPU request rounded up, else its CPU limit rounded down,
+    else `DEFAULT_ROUTER_WORKERS`; at least 1. `resources`: a :class:`Resources` or None.
+
+    >>> router_workers(models.Resources(requests={"cpu": "1500m"}))
+    2
+
+    A quantity that is not plain cores or millicores (the API server checks it on the pod) counts as none.
+    """
+    for kind, rounding in (("requests", math.ceil), ("limits", math.floor)):
+        quantity = getattr(resources, kind, {}).get("cpu") if resources is not None else None
+        if quantity is not None:
+            try:
+                return max(1, min(64, rounding(cpu_cores(quantity))))
+            except ValueError:
+                continue
+    return DEFAULT_ROUTER_WORKERS
+
+
+def cpu_cores(quantity: int | str) -> float:
+    """A Kubernetes CPU quantity in cores: 2, "1.5", "500m". Raises ValueError on anything else."""
+    text = str(quantity).strip()
+    if text.endswith("m"):
+        return float(text[:-1]) / 1000.0
+    return float(text)
 
 
 def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE) -> dict:
@@ -122,11 +159,16 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
         "image": router.image or image,
         "command": ["maitred"],
         "args": ["router", "--configmap", f"{pool.namespace}/{routing_configmap_name(pool.name)}",
-                 "--host", "0.0.0.0", "--port", str(router.port)],
+                 "--host", "0.0.0.0", "--port", str(router.port),
+                 "--workers", str(router.workers or router_workers(router.resources)),
+                 "--drain-seconds", str(router.drain_seconds)],
         "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
         # Alive as soon as it serves; ready only with a table that has a live endpoint.
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
+        # A terminating pod leaves its Service's endpoints at once, but kube-proxies and load balancers
+        # learn it a moment later: keep serving new connections that long before SIGTERM.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_PAUSE_S}}},
     }
     if router.resources is not None:
         container["resources"] = router.resources.model_dump(mode="json", by_alias=True, exclude_defaults=True)
@@ -140,7 +182,9 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": {**labels, "app.kubernetes.io/name": "maitred"}},
-                "spec": {"serviceAccountName": router_name(pool.name), "containers": [container]},
+                "spec": {"serviceAccountName": router_name(pool.name), "containers": [container],
+                         # SIGTERM comes after the preStop pause; then open streams get drainSeconds.
+                         "terminationGracePeriodSeconds": PRESTOP_PAUSE_S + router.drain_seconds + STOP_MARGIN_S},
             },
         },
     }

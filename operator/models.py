@@ -138,6 +138,12 @@ class RouterSpec(_Model):
     image: str | None = Field(default=None, min_length=1, description="default: the operator's --router-image")
     resources: Resources | None = None
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    workers: int | None = Field(default=None, ge=1, le=64, description=(
+        "worker processes per router pod; default: from the CPU request (rounded up), else the CPU limit,"
+        " else 2"))
+    drain_seconds: int = Field(default=30, ge=0, le=3600, description=(
+        "on shutdown, how long open requests (long streams) may run before the router pod exits; the pod's"
+        " termination grace period is set from it"))
 
 
 class TemplateMetadata(_Model):

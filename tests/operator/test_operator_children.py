@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import orjson
 
 from maitred.operator.children import (
@@ -61,11 +63,38 @@ def test_the_router_reads_its_configmap_and_is_probed_on_healthz_and_readyz():
     assert router["metadata"]["name"] == "llama-router" and router["spec"]["replicas"] == 3
     assert container["image"] == "registry.local/maitred:dev"
     assert container["args"][:3] == ["router", "--configmap", "ml/llama-routing"]
-    assert container["args"][-2:] == ["--port", "9090"]
+    args = container["args"]
+    assert args[args.index("--port") + 1] == "9090"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["resources"] == {"limits": {"cpu": "1"}}
     assert pod["serviceAccountName"] == "llama-router"
+
+
+def option(container: dict, name: str) -> str:
+    args = container["args"]
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.parametrize("router, workers", [
+    ({}, "2"),  # no CPU figure: two workers
+    ({"resources": {"requests": {"cpu": "1500m"}}}, "2"),  # the request, rounded up
+    ({"resources": {"requests": {"cpu": 4}, "limits": {"cpu": 8}}}, "4"),
+    ({"resources": {"limits": {"cpu": "2500m"}}}, "2"),  # no request: the limit, rounded down
+    ({"resources": {"requests": {"cpu": "250m"}}}, "1"),
+    ({"workers": 3, "resources": {"requests": {"cpu": "8"}}}, "3"),  # said outright
+])
+def test_router_pods_run_one_worker_per_requested_core(router, workers):
+    pod = build_router_deployment(POOL, pool_spec(router=router))["spec"]["template"]["spec"]
+    assert option(pod["containers"][0], "--workers") == workers
+
+
+def test_router_pods_drain_open_streams_for_drain_seconds_before_kubernetes_kills_them():
+    pod = build_router_deployment(POOL, pool_spec(router={"drainSeconds": 600}))["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert option(container, "--drain-seconds") == "600"
+    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pause + 600  # SIGTERM after the pause, then the drain
 
 
 def test_a_pool_router_image_wins_over_the_operator_default():
