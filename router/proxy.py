@@ -12,11 +12,15 @@ added latency. Per request:
 5. a client that leaves cancels the upstream request at once.
 
 In-flight counts are released in `finally`, exactly once, whatever happens.
+
+Upstream connections use :class:`UpstreamProtocol`, aiohttp's protocol made strict about what a
+pooled keep-alive connection may carry (see there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from maitred.router.admission import ClientGone, Refused, admit
@@ -35,6 +40,7 @@ from maitred.router.health import describe
 from maitred.router.metrics import NO_ENDPOINT
 
 access_log = logging.getLogger("maitred.access")
+log = logging.getLogger("maitred.router.proxy")
 
 #: Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the client
 #: library recomputes (host, content-length).
@@ -67,11 +73,78 @@ class _Retry:
     status: int = 502
 
 
+class UpstreamProtocol(ResponseHandler):
+    """aiohttp's client protocol, strict about what a pooled keep-alive connection may carry.
+
+    - **Bytes nobody asked for close the connection.** A response parsed after the current request's
+      final response (a second response in the same read, a body longer than its Content-Length),
+      or any byte that arrives while the connection waits in the pool, would otherwise be read as
+      the answer to the next request sent on it: one user's completion handed to another. The
+      connection is closed instead, never reused, as NGINX's upstream keepalive does with an idle
+      connection that turns readable.
+    """
+
+    _answered = False  # the current request's final (non-1xx) response has been parsed
+    _idle = False  # ... and its body has ended: nothing more may arrive before the next request
+
+    def set_response_params(self, **kwargs) -> None:  # a request is about to be sent on this connection
+        self._answered = self._idle = False
+        super().set_response_params(**kwargs)
+
+    def feed_data(self, data, size: int = 0) -> None:  # one parsed response: (message, payload)
+        message, payload = data
+        if self._answered:
+            return self._unrequested("another response")
+        if message.code >= 200 or message.code == 101:
+            self._answered = True
+            payload.on_eof(self._body_ended)
+        super().feed_data(data, size)
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle:
+            if data:
+                self._unrequested(f"{len(data)} bytes")
+            return
+        super().data_received(data)
+
+    def _body_ended(self) -> None:
+        self._idle = True
+
+    def _unrequested(self, what: str) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        log.warning("upstream %s sent %s after its response, unasked: connection closed, not reused",
+                    transport.get_extra_info("peername"), what)
+        self._should_close = True
+        transport.close()
+
+
+def use_upstream_protocol(session: aiohttp.ClientSession) -> None:
+    """Make `session`'s new connections :class:`UpstreamProtocol`, and close its idle ones.
+
+    The proxy calls it before its first request on a session (built in :mod:`~maitred.router.core`);
+    connections made until then (health checks) are closed, so that none carries a request unguarded.
+    """
+    connector = session.connector
+    factory = getattr(connector, "_factory", None)
+    if isinstance(factory, functools.partial) and factory.func is UpstreamProtocol:
+        return
+    if not isinstance(factory, functools.partial) or factory.func is not ResponseHandler:
+        log.warning("aiohttp %s: cannot install the strict upstream protocol", aiohttp.__version__)
+        return
+    connector._factory = functools.partial(UpstreamProtocol, *factory.args, **factory.keywords)
+    for idle in list(getattr(connector, "_conns", {}).values()):
+        for protocol, _ in idle:
+            protocol.close()
+
+
 class Proxy:
     """ASGI app for the proxied `/v1/*` paths of one :class:`~maitred.router.core.Router`."""
 
     def __init__(self, router) -> None:  # router: maitred.router.core.Router (import cycle avoided)
         self.router = router
+        self._session: aiohttp.ClientSession | None = None  # the router's session, once strict (UpstreamProtocol)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -216,6 +289,9 @@ class Proxy:
         url = URL(endpoint.url + scope["raw_path"].decode("latin-1")
                   + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""), encoded=True)
         headers = _upstream_headers(scope, request_id)
+        if self.router.session is not self._session:
+            self._session = self.router.session
+            use_upstream_protocol(self._session)
         try:
             return await self._send_once(url, scope["method"], body, headers)
         except aiohttp.ClientConnectorError:
