@@ -73,6 +73,10 @@ class _Retry:
     status: int = 502
 
 
+class MalformedBody(aiohttp.ClientPayloadError):
+    """The response body broke HTTP's framing (a chunk-size line that is not hex, say)."""
+
+
 class UpstreamProtocol(ResponseHandler):
     """aiohttp's client protocol, strict about what a pooled keep-alive connection may carry.
 
@@ -82,6 +86,9 @@ class UpstreamProtocol(ResponseHandler):
       the answer to the next request sent on it: one user's completion handed to another. The
       connection is closed instead, never reused, as NGINX's upstream keepalive does with an idle
       connection that turns readable.
+    - **A malformed body fails at once.** aiohttp closes the connection on a framing error in the
+      body but leaves the body's reader waiting for data that never comes (the idle timer stopped
+      too), so a stream hung until the request timeout. The reader now gets :class:`MalformedBody`.
     """
 
     _answered = False  # the current request's final (non-1xx) response has been parsed
@@ -105,7 +112,12 @@ class UpstreamProtocol(ResponseHandler):
             if data:
                 self._unrequested(f"{len(data)} bytes")
             return
+        payload = self._payload
         super().data_received(data)
+        if (self._exception is not None and payload is not None and not payload.is_eof()
+                and payload.exception() is None):
+            detail = str(getattr(self._exception, "message", self._exception)).strip().split("\n", 1)[0]
+            payload.set_exception(MalformedBody(f"malformed response body ({detail.rstrip(':')})"))
 
     def _body_ended(self) -> None:
         self._idle = True
@@ -340,8 +352,12 @@ class Proxy:
                     first = False
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = "idle timeout: no data from the endpoint" if isinstance(exc, TimeoutError) else describe(exc)
-            code = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_reset"
+            if isinstance(exc, TimeoutError):
+                code, reason = "upstream_timeout", "idle timeout: no data from the endpoint"
+            elif isinstance(exc, MalformedBody):
+                code, reason = "upstream_protocol_error", str(exc)
+            else:
+                code, reason = "upstream_reset", describe(exc)
             outcome.error = reason
             self.router.health.request_failed(endpoint, reason)
             self._record(endpoint, sent_at)

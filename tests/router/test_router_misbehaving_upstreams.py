@@ -50,3 +50,20 @@ def test_bytes_a_backend_sends_after_its_response_never_answer_the_next_request(
         assert "stolen" not in resp.json(), f"request {n} got the bytes sent after request 3's response"
         assert resp.json()["n"] == n
         assert resp.json()["conn"] != first["conn"], "the connection that carried them was used again"
+
+
+def test_a_malformed_chunk_mid_stream_ends_the_stream_at_once_and_frees_its_slot(raw_backends, router):
+    (raw,) = raw_backends("raw")
+    r = router(quiet_table([raw], timeouts={"idleSeconds": 30, "requestSeconds": 60}))
+    started = time.monotonic()
+    with r.client.stream("POST", "/v1/x/bad-chunk", content=b"{}", timeout=8) as resp:
+        assert resp.status_code == 200
+        events = sse_events(resp)
+    assert time.monotonic() - started < 3.0, "the stream waited for a timeout after the bad chunk"
+    assert events[:3] == [b'data: {"i": 0}', b'data: {"i": 1}', b'data: {"i": 2}']
+    assert len(events) == 4
+    error = error_event(events[3])
+    assert error["code"] == "upstream_protocol_error" and "malformed" in error["message"]
+    wait_for(lambda: r.endpoints()["raw"]["inFlight"] == 0, 2, "in-flight to return to 0")
+    metrics = r.metrics()
+    assert metric(metrics, "maitred_in_flight", endpoint="raw") == 0
