@@ -49,6 +49,10 @@ HOP_BY_HOP = frozenset(
      b"host", b"content-length", b"proxy-authenticate", b"proxy-authorization"}
 )
 _RESPONSE_DROP = HOP_BY_HOP - {b"content-length"}
+#: Not forwarded either: `expect` (100-continue), since the router has read the whole body before it
+#: sends the request, and a backend that never answers 100 would leave it waiting (NGINX and Envoy
+#: drop it too, answering the client's 100 themselves, as uvicorn does here).
+_REQUEST_DROP = HOP_BY_HOP | {b"expect"}
 
 
 @dataclass(slots=True)
@@ -89,6 +93,9 @@ class UpstreamProtocol(ResponseHandler):
     - **A malformed body fails at once.** aiohttp closes the connection on a framing error in the
       body but leaves the body's reader waiting for data that never comes (the idle timer stopped
       too), so a stream hung until the request timeout. The reader now gets :class:`MalformedBody`.
+    - **The idle timeout runs while the request is sent**, not only once the whole body is written:
+      a backend that takes no more of the body (or waits for a `100 Continue` nobody sends) fails
+      after `idleSeconds` instead of holding the request until `requestSeconds`.
     """
 
     _answered = False  # the current request's final (non-1xx) response has been parsed
@@ -97,6 +104,7 @@ class UpstreamProtocol(ResponseHandler):
     def set_response_params(self, **kwargs) -> None:  # a request is about to be sent on this connection
         self._answered = self._idle = False
         super().set_response_params(**kwargs)
+        self.start_timeout()
 
     def feed_data(self, data, size: int = 0) -> None:  # one parsed response: (message, payload)
         message, payload = data
@@ -256,7 +264,7 @@ class Proxy:
             else:
                 # The idle or overall timeout: the endpoint took the request, so another try would double
                 # the work; but a replica that hangs must still leave the rotation.
-                reason = "timed out waiting for response headers (idle or request timeout)"
+                reason = "timed out sending the request or waiting for response headers (idle or request timeout)"
                 health.request_failed(endpoint, reason)
                 return await self._fail(send, 504, reason, "upstream_timeout", request_id, outcome)
             health.request_failed(endpoint, reason)
@@ -427,7 +435,7 @@ def _upstream_headers(scope: Scope, request_id: bytes) -> list[tuple[str, str]]:
     has_id = False
     forwarded_for = None
     for key, value in scope["headers"]:
-        if key in HOP_BY_HOP:
+        if key in _REQUEST_DROP:
             continue
         if key == b"x-request-id":
             has_id = True

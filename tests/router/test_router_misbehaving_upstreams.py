@@ -67,3 +67,31 @@ def test_a_malformed_chunk_mid_stream_ends_the_stream_at_once_and_frees_its_slot
     wait_for(lambda: r.endpoints()["raw"]["inFlight"] == 0, 2, "in-flight to return to 0")
     metrics = r.metrics()
     assert metric(metrics, "maitred_in_flight", endpoint="raw") == 0
+
+
+def test_expect_100_continue_is_answered_by_the_router_and_not_forwarded(raw_backends, router):
+    # curl sends `Expect: 100-continue` for bodies over 1 MiB; this backend, as some do, never sends 100.
+    (raw,) = raw_backends("raw")
+    r = router(quiet_table([raw], timeouts={"idleSeconds": 5}))
+    data = os.urandom(2 * MIB)
+    started = time.monotonic()
+    resp = r.client.post("/v1/files/echo", content=data, timeout=15,
+                         headers={"expect": "100-continue", "content-type": "application/octet-stream"})
+    assert resp.status_code == 200, resp.text
+    assert time.monotonic() - started < 3.0
+    seen = resp.json()
+    assert (seen["bytes"], seen["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert "expect" not in seen["headers"]
+    assert raw.stats()["expects"] == 0
+
+
+def test_a_backend_that_takes_none_of_the_body_fails_after_the_idle_timeout(raw_backends, router):
+    (raw,) = raw_backends("raw")
+    r = router(quiet_table([raw], timeouts={"idleSeconds": 1, "requestSeconds": 120}))
+    started = time.monotonic()
+    resp = r.client.post("/v1/files/unread", content=os.urandom(24 * MIB), timeout=15)
+    took = time.monotonic() - started
+    assert resp.status_code == 504 and resp.headers["x-maitred-error"] == "upstream_timeout"
+    assert took < 6.0, f"{took:.1f} s"
+    assert raw.stats()["requests"] == 1
+    wait_for(lambda: r.endpoints()["raw"]["inFlight"] == 0, 2, "in-flight to return to 0")
