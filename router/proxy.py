@@ -289,7 +289,7 @@ class Proxy:
             # Which replica answered: for debugging and for clients that measure per replica.
             headers.append((b"x-maitred-endpoint", endpoint.id.encode()))
             if resp.content_length is not None:
-                return await self._relay_whole(resp, endpoint, headers, send, sent_at, outcome)
+                return await self._relay_whole(resp, endpoint, headers, send, sent_at, outcome, request_id)
             await self._relay_stream(resp, endpoint, headers, send, sent_at, outcome)
             return None
         finally:
@@ -333,13 +333,23 @@ class Proxy:
             exc.per_try = True
             raise
 
-    async def _relay_whole(self, resp, endpoint, headers, send, sent_at, outcome) -> _Retry | None:
-        """A response with a Content-Length: read it whole, so that a failure can still be retried."""
+    async def _relay_whole(self, resp, endpoint, headers, send, sent_at, outcome, request_id) -> _Retry | None:
+        """A response with a Content-Length: read it whole, so that a reset can still be retried.
+
+        Headers and then silence past the idle timeout is a 504, not retried: the endpoint took the
+        request, and another try would double the work (as with no headers at all).
+        """
+        health = self.router.health
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError:
+            reason = "timed out waiting for the response body (idle or request timeout)"
+            health.request_failed(endpoint, reason)
+            await self._fail(send, 504, reason, "upstream_timeout", request_id, outcome)
+            return None
+        except aiohttp.ClientError as exc:
             reason = describe(exc)
-            self.router.health.request_failed(endpoint, reason)
+            health.request_failed(endpoint, reason)
             return _Retry(reason, "upstream_reset")
         self._observe(endpoint, sent_at, outcome)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})

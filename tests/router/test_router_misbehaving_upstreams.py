@@ -95,3 +95,22 @@ def test_a_backend_that_takes_none_of_the_body_fails_after_the_idle_timeout(raw_
     assert took < 6.0, f"{took:.1f} s"
     assert raw.stats()["requests"] == 1
     wait_for(lambda: r.endpoints()["raw"]["inFlight"] == 0, 2, "in-flight to return to 0")
+
+
+def test_headers_then_silence_is_a_504_or_an_sse_timeout_and_never_tried_elsewhere(raw_backends, router):
+    a, b = raw_backends("a", "b")
+    r = router(quiet_table([a, b], method="round-robin", retries={"attempts": 2}, timeouts={"idleSeconds": 0.5}))
+    started = time.monotonic()
+    resp = r.client.post("/v1/x/silent-length", content=b"{}")
+    assert resp.status_code == 504, resp.text
+    assert resp.headers["x-maitred-error"] == "upstream_timeout"
+    assert "timed out" in resp.json()["error"]["message"]
+    assert time.monotonic() - started < 3.0
+    assert a.stats()["requests"] + b.stats()["requests"] == 1, "the endpoint took the request: no second try"
+
+    with r.client.stream("POST", "/v1/x/silent-sse", content=b"{}") as resp:
+        assert resp.status_code == 200
+        events = sse_events(resp)
+    assert len(events) == 1 and error_event(events[0])["code"] == "upstream_timeout"
+    assert a.stats()["requests"] + b.stats()["requests"] == 2
+    assert metric(r.metrics(), "maitred_retries_total") == 0
