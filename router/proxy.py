@@ -11,7 +11,9 @@ added latency. Per request:
 4. pass status, headers and body through unchanged, chunk by chunk for streams;
 5. a client that leaves cancels the upstream request at once.
 
-In-flight counts are released in `finally`, exactly once, whatever happens.
+In-flight counts are released in `finally`, exactly once, whatever happens. An endpoint's
+consecutive-failure count is reset only by a response whose body completed: a stream cut off after
+its headers counts as a failure (and in `maitred_streams_broken`).
 
 Upstream connections use :class:`UpstreamProtocol`, aiohttp's protocol made strict about what a
 pooled keep-alive connection may carry (see there).
@@ -276,11 +278,14 @@ class Proxy:
             return _Retry(reason, "upstream_connect_error")
         try:
             status = resp.status
-            if status >= 500 and not _sheds_load(resp):
+            # A 5xx counts against the endpoint at once; any other answer counts for it once its body
+            # has come whole (in the relays): a response cut off after its headers is a failure.
+            answered = status < 500 or _sheds_load(resp)
+            if not answered:
                 health.request_failed(endpoint, f"HTTP {status}")
-            else:
-                health.request_succeeded(endpoint)
             if can_retry and status in table.retries.on_status:
+                if answered:
+                    health.request_succeeded(endpoint)
                 return _Retry(f"HTTP {status}", f"upstream_{status}", status)
             outcome.status = status
             headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in _RESPONSE_DROP]
@@ -289,8 +294,8 @@ class Proxy:
             # Which replica answered: for debugging and for clients that measure per replica.
             headers.append((b"x-maitred-endpoint", endpoint.id.encode()))
             if resp.content_length is not None:
-                return await self._relay_whole(resp, endpoint, headers, send, sent_at, outcome, request_id)
-            await self._relay_stream(resp, endpoint, headers, send, sent_at, outcome)
+                return await self._relay_whole(resp, endpoint, headers, send, sent_at, outcome, answered, request_id)
+            await self._relay_stream(resp, endpoint, headers, send, sent_at, outcome, answered)
             return None
         finally:
             resp.close()
@@ -333,7 +338,8 @@ class Proxy:
             exc.per_try = True
             raise
 
-    async def _relay_whole(self, resp, endpoint, headers, send, sent_at, outcome, request_id) -> _Retry | None:
+    async def _relay_whole(self, resp, endpoint, headers, send, sent_at, outcome, answered,
+                           request_id) -> _Retry | None:
         """A response with a Content-Length: read it whole, so that a reset can still be retried.
 
         Headers and then silence past the idle timeout is a 504, not retried: the endpoint took the
@@ -351,13 +357,15 @@ class Proxy:
             reason = describe(exc)
             health.request_failed(endpoint, reason)
             return _Retry(reason, "upstream_reset")
+        if answered:
+            health.request_succeeded(endpoint)
         self._observe(endpoint, sent_at, outcome)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
         self._record(endpoint, sent_at)
         return None
 
-    async def _relay_stream(self, resp, endpoint, headers, send, sent_at, outcome) -> None:
+    async def _relay_stream(self, resp, endpoint, headers, send, sent_at, outcome, answered) -> None:
         """A streamed response: pass each chunk on as it arrives; on failure end SSE with an error event."""
         outcome.stream = True
         is_sse = (resp.content_type or "").startswith("text/event-stream")
@@ -371,13 +379,14 @@ class Proxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
-                code, reason = "upstream_timeout", "idle timeout: no data from the endpoint"
+                kind, code, reason = "timeout", "upstream_timeout", "idle timeout: no data from the endpoint"
             elif isinstance(exc, MalformedBody):
-                code, reason = "upstream_protocol_error", str(exc)
+                kind, code, reason = "malformed", "upstream_protocol_error", str(exc)
             else:
-                code, reason = "upstream_reset", describe(exc)
+                kind, code, reason = "reset", "upstream_reset", describe(exc)
             outcome.error = reason
-            self.router.health.request_failed(endpoint, reason)
+            self.router.metrics.streams_broken.labels(endpoint.id, kind).inc()
+            self.router.health.request_failed(endpoint, f"stream broken: {reason}")
             self._record(endpoint, sent_at)
             if not is_sse:
                 # No way to signal the error inside an arbitrary body: close the connection instead
@@ -386,6 +395,8 @@ class Proxy:
             message = f"the stream from endpoint {endpoint.id} broke after it had started: {reason}"
             await send({"type": "http.response.body", "body": sse_error_event(message, code), "more_body": False})
             return
+        if answered:
+            self.router.health.request_succeeded(endpoint)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._record(endpoint, sent_at)
 

@@ -67,6 +67,7 @@ def test_a_malformed_chunk_mid_stream_ends_the_stream_at_once_and_frees_its_slot
     wait_for(lambda: r.endpoints()["raw"]["inFlight"] == 0, 2, "in-flight to return to 0")
     metrics = r.metrics()
     assert metric(metrics, "maitred_in_flight", endpoint="raw") == 0
+    assert metric(metrics, "maitred_streams_broken_total", endpoint="raw", reason="malformed") == 1
 
 
 def test_expect_100_continue_is_answered_by_the_router_and_not_forwarded(raw_backends, router):
@@ -114,3 +115,28 @@ def test_headers_then_silence_is_a_504_or_an_sse_timeout_and_never_tried_elsewhe
     assert len(events) == 1 and error_event(events[0])["code"] == "upstream_timeout"
     assert a.stats()["requests"] + b.stats()["requests"] == 2
     assert metric(r.metrics(), "maitred_retries_total") == 0
+
+
+def test_a_replica_that_breaks_every_stream_is_counted_and_ejected(backends, router):
+    bad, good = backends(("bad", {"chunks": 5, "reset_after_chunks": 1}), ("good", {"chunks": 5}))
+    r = router(table([bad, good], method="round-robin",
+                     healthCheck={"path": "/health", "periodSeconds": 30, "failureThreshold": 3}))
+    broken = 0
+    for _ in range(8):
+        with r.client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as resp:
+            assert resp.status_code == 200
+            events = sse_events(resp)
+        if events[-1].startswith(b"event: error"):
+            broken += 1
+            assert resp.headers["x-backend"] == "bad"
+            assert error_event(events[-1])["code"] == "upstream_reset"
+        else:
+            assert events[-1] == b"data: [DONE]"
+    assert broken == 3, "the replica left the rotation after failureThreshold broken streams"
+    state = r.endpoints()["bad"]
+    assert state["live"] is False and "stream broken" in state["healthReason"]
+    metrics = r.metrics()
+    assert metric(metrics, "maitred_streams_broken_total", endpoint="bad") == 3
+    assert metric(metrics, "maitred_streams_broken_total", endpoint="bad", reason="reset") == 3
+    assert metric(metrics, "maitred_streams_broken_total", endpoint="good") == 0
+    assert metric(metrics, "maitred_ejections_total", endpoint="bad") == 1
