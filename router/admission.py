@@ -5,11 +5,17 @@
 - on the paths that name a model (`MODEL_PATHS`): a body that is not JSON, 400 `invalid_json`; no model
   or not a string, 400 `missing_model`; a model the table does not list, 404 `model_not_found`.
 
+"JSON" is what Python's json module reads, as vLLM and SGLang do: orjson parses first (fast), and a
+body it refuses is read again with json.loads, which also takes a lone surrogate escape (`"\\ud83d"`,
+a string cut inside an emoji by a JavaScript client), NaN and Infinity. The body is forwarded as
+received either way.
+
 Bodies are parsed only on `MODEL_PATHS`; everything else under /v1/ passes unread.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +61,7 @@ async def admit(scope: Scope, receive: Receive, max_body_bytes: int, table: Rout
         return Admitted(body)
     parsed = parse_model_request(body)
     check_model(parsed["model"], table)
-    return Admitted(body, parsed, parsed["model"])
+    return Admitted(body, parsed, printable(parsed["model"]))
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -81,19 +87,48 @@ def parse_model_request(body: bytes) -> dict:
     """The JSON object of a model path's body, with a non-empty string `model`. Raises :class:`Refused` (400)."""
     try:
         parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise Refused(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+    except orjson.JSONDecodeError:
+        parsed = _loads_as_python_does(body)
     given = parsed.get("model") if isinstance(parsed, dict) else None
     if not isinstance(given, str) or not given:
         message = ("you must provide a model parameter" if given is None
-                   else f"model must be a non-empty string, not {orjson.dumps(given).decode()[:80]}")
+                   else f"model must be a non-empty string, not {_show(given)[:80]}")
         raise Refused(400, message, "missing_model", param="model")
     return parsed
+
+
+def _loads_as_python_does(body: bytes):
+    """A body orjson refused, read as the backends' json.loads does. Raises :class:`Refused` (400)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting past the stack
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise Refused(400, f"request body is not valid JSON: {reason}", "invalid_json") from None
+
+
+def printable(text: str) -> str:
+    """`text`, with any lone surrogate (not encodable as UTF-8) written as its escape, for messages and logs."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def _show(value) -> str:
+    """A JSON value as short text for an error message (lone surrogates escaped)."""
+    if isinstance(value, float):
+        return json.dumps(value)  # NaN and Infinity as json writes them (orjson: null)
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate
+        return json.dumps(value)
 
 
 def check_model(model: str, table: RoutingTable | None) -> None:
     """Raises :class:`Refused` (404) if the table lists models and not this one."""
     if table is not None and table.models and model not in table.models:
+        model = printable(model)
         raise Refused(404, f"the model `{model}` does not exist in pool {table.pool}; served: "
                       f"{', '.join(table.models)}", "model_not_found", param="model", model=model)
 
