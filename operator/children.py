@@ -116,6 +116,12 @@ def _router_labels(pool: PoolRef) -> dict:
     return {ROUTER_LABEL: pool.name, "app.kubernetes.io/component": "router"}
 
 
+#: The router pods pass the `restricted` Pod Security Standard: not root (the image's user, 65532), no
+#: privilege escalation, no capabilities, the runtime's default seccomp profile, a read-only root filesystem.
+ROUTER_POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                       "seccompProfile": {"type": "RuntimeDefault"}}
+ROUTER_CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
 #: Pause before a router pod gets SIGTERM, in s, so that traffic stops arriving first.
 PRESTOP_PAUSE_S = 5
 #: Time past the drain bound (s) a router pod has to exit before the kubelet kills it.
@@ -169,6 +175,10 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
         # A terminating pod leaves its Service's endpoints at once, but kube-proxies and load balancers
         # learn it a moment later: keep serving new connections that long before SIGTERM.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_PAUSE_S}}},
+        "securityContext": ROUTER_CONTAINER_SECURITY,
+        # The root filesystem is read-only; the router keeps its run folder (shared worker state, metric
+        # files) in /tmp, in memory.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     if router.resources is not None:
         container["resources"] = router.resources.model_dump(mode="json", by_alias=True, exclude_defaults=True)
@@ -183,6 +193,8 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
             "template": {
                 "metadata": {"labels": {**labels, "app.kubernetes.io/name": "maitred"}},
                 "spec": {"serviceAccountName": router_name(pool.name), "containers": [container],
+                         "securityContext": ROUTER_POD_SECURITY,
+                         "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}],
                          # SIGTERM comes after the preStop pause; then open streams get drainSeconds.
                          "terminationGracePeriodSeconds": PRESTOP_PAUSE_S + router.drain_seconds + STOP_MARGIN_S},
             },
