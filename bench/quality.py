@@ -9,8 +9,8 @@ evicts. Scenarios:
   short question (16 output tokens), in a shuffled order, 48 in flight.
 - `multi-turn`: 32 users x 6 rounds, all users at once; each round resends the conversation so far (a
   shared system prompt, the user's ~600-token context, the earlier questions and answers) plus a question.
-- `mixed`: 8 document groups x 8 questions (8 in flight), 12 users x 4 rounds and 48 one-off short prompts
-  (4 in flight) at once; answers of 16, 32 and 32 tokens.
+- `mixed`: 12 document groups x 8 questions (16 in flight), 16 users x 4 rounds and 48 one-off short prompts
+  (8 in flight) at once; answers of 16, 32 and 32 tokens.
 - `mixed-slow`: the same load with replica d at 0.2x the others' speed.
 
 Each balancing method the installed router accepts (round-robin, least-connections, least-response-time,
@@ -21,8 +21,12 @@ option). sglang-router's `cache_aware` policy runs through one and two of its ro
 `bench/peer_routers.py` can install it. Every request carries `x-session-id` (the user, or the document
 group), and is streamed; TTFT is measured at the client, to the first `data:` event.
 
-Each run starts from cold caches (the replicas' prefix caches reset, fresh endpoint ids in the routing table
-so the router keeps no latency or in-flight history, and a new balancer since the method changes). The
+Each run starts from cold caches: the replicas' prefix caches reset, a new balancer (the table's method
+changes), and fresh endpoint ids in the routing table, so the router keeps no latency or load history
+(prefix- and session-affinity, which place by a hash of key and endpoint id and keep no such history, get the
+same ids in the three set-ups of a repeat, hence the same placement). The runs that the aims compare across
+set-ups (shared-prefix round-robin and affinity, multi-turn affinity) are repeated (`--repeats`, default 3)
+and their medians reported, since the machine's load drifts; runs go method by method, the set-ups in turn. The
 prefix-cache hit ratio and the per-replica shares come from the replicas' own /metrics, as deltas over the
 run: `vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` (tokens) and the count of
 `vllm:e2e_request_latency_seconds`.
@@ -45,6 +49,7 @@ import math
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +74,9 @@ BLOCK_TOKENS = 16  # the sim's KV block size
 WANTED_METHODS = ("round-robin", "least-connections", "least-response-time", "least-load", "prefix-affinity",
                   "session-affinity")
 AFFINITY_METHODS = ("prefix-affinity", "session-affinity")
+#: (scenario, method) runs that the aims compare across set-ups: repeated (--repeats), medians reported.
+REPEATED = frozenset({("shared-prefix", m) for m in ("round-robin", *AFFINITY_METHODS)}
+                     | {("multi-turn", m) for m in AFFINITY_METHODS})
 TOPOLOGIES = ("1 router", "2 routers", "2 workers")
 PEER = "sglang cache_aware"
 PEER_TOPOLOGIES = ("1 router", "2 routers")
@@ -206,11 +214,11 @@ class Scenario:
 
 SIZES = {  # full run, and --quick; workers: requests in flight from that pool
     False: {"groups": 32, "questions": 16, "doc_workers": 48, "users": 32, "rounds": 6,
-            "mixed_groups": 8, "mixed_questions": 8, "mixed_doc_workers": 8, "mixed_users": 12, "mixed_rounds": 4,
-            "one_offs": 48, "one_off_workers": 4},
+            "mixed_groups": 12, "mixed_questions": 8, "mixed_doc_workers": 16, "mixed_users": 16, "mixed_rounds": 4,
+            "one_offs": 48, "one_off_workers": 8},
     True: {"groups": 16, "questions": 4, "doc_workers": 16, "users": 16, "rounds": 3,
-           "mixed_groups": 4, "mixed_questions": 4, "mixed_doc_workers": 4, "mixed_users": 6, "mixed_rounds": 3,
-           "one_offs": 16, "one_off_workers": 2},
+           "mixed_groups": 4, "mixed_questions": 4, "mixed_doc_workers": 8, "mixed_users": 6, "mixed_rounds": 3,
+           "one_offs": 16, "one_off_workers": 4},
 }
 
 
@@ -477,6 +485,18 @@ class Routers:
                     await asyncio.sleep(0.05)
 
 
+def source_state() -> dict:
+    """The commit the router ran from, and whether its sources had uncommitted changes (an editable install)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*argv: str) -> str:
+        out = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "router_uncommitted": bool(git("status", "--porcelain", "--", "router"))}
+
+
 def installed_methods() -> tuple[list[str], list[str]]:
     """The wanted methods the installed router accepts (`maitred.router.table.METHODS`), and the absent ones."""
     from maitred.router.table import METHODS
@@ -518,6 +538,17 @@ def _quantile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _by_replica(ok: list[Outcome], names: list[str]) -> dict[str, float | None]:
+    """TTFT p99 (ms) per replica, from `x-maitred-endpoint` ("a.run7" -> "a"); empty when no router names it."""
+    out = {}
+    for name in names:
+        mine = [o.ttft_s for o in ok if o.ttft_s is not None and o.endpoint.split(".")[0] == name]
+        p99 = _quantile(mine, 0.99)
+        if p99 is not None:
+            out[name] = round(p99 * 1000, 1)
+    return out
+
+
 def summarize(scenario: str, method: str, topology: str, outcomes: list[Outcome], wall_s: float,
               before: dict, after: dict, load: tuple[float, float]) -> dict:
     """One run's figures: req/s and output tok/s (wall clock), TTFT p50/p99 (ms), hit ratio and shares (replicas)."""
@@ -545,6 +576,7 @@ def summarize(scenario: str, method: str, topology: str, outcomes: list[Outcome]
         "replica_requests": {n: int(d["requests"]) for n, d in delta.items()},
         "replica_hit_ratio": {n: round(d["hits"] / d["queries"], 3) if d["queries"] else None
                               for n, d in delta.items()},
+        "replica_ttft_p99_ms": _by_replica(ok, list(delta)),
         "loadavg_1m": {"start": round(load[0], 2), "end": round(load[1], 2)},
     }
 
@@ -569,6 +601,34 @@ def _print_run(row: dict, elapsed_s: float) -> None:
           f"{row['output_tok_per_s']:7.0f} tok/s  TTFT p50 {row['ttft_p50_ms']} p99 {row['ttft_p99_ms']} ms  "
           f"hit {hit}  {shares}  errors {row['errors']}  ({elapsed_s:.0f} s, load {row['loadavg_1m']['end']})",
           flush=True)
+
+
+_MEDIAN_FIELDS = ("wall_s", "req_per_s", "output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "hit_ratio",
+                  "client_cached_ratio")
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (scenario, method, set-up): repeated runs give the median of each figure, the mean share."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["scenario"], row["method"], row["via"]), []).append(row)
+    out = []
+    for runs in groups.values():
+        row = {k: v for k, v in runs[0].items() if k != "repeat"}
+        row["runs"] = len(runs)
+        if len(runs) > 1:
+            for name in _MEDIAN_FIELDS:
+                values = sorted(r[name] for r in runs if r[name] is not None)
+                row[name] = statistics.median(values) if values else None
+            row["shares"] = {n: round(statistics.fmean(r["shares"][n] for r in runs), 3) for n in row["shares"]}
+            for name in ("requests", "ok", "errors"):
+                row[name] = sum(r[name] for r in runs)
+            row["first_errors"] = [e for r in runs for e in r["first_errors"]][:3]
+            row["loadavg_1m"] = {"start": runs[0]["loadavg_1m"]["start"], "end": runs[-1]["loadavg_1m"]["end"]}
+            for name in ("req_per_s", "ttft_p50_ms", "hit_ratio"):
+                row[name + "_each"] = [r[name] for r in runs]
+        out.append(row)
+    return out
 
 
 # -- aims ------------------------------------------------------------------------------------------------------
@@ -621,16 +681,20 @@ def _fmt(value, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
 
-def write_results(out: Path, meta: dict, scenarios: list[Scenario], rows: list[dict], aims: list[dict]) -> None:
+def write_results(out: Path, meta: dict, scenarios: list[Scenario], runs: list[dict], rows: list[dict],
+                  aims: list[dict]) -> None:
+    """quality.json (every run, the per-set-up summary and the aims) and quality.md (the summary's tables)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps({"meta": meta, "runs": rows, "aims": aims}, indent=2) + "\n")
+    (out / "quality.json").write_text(json.dumps({"meta": meta, "summary": rows, "aims": aims, "runs": runs},
+                                                 indent=2) + "\n")
     lines = [f"Balancing quality, {meta['date']}, {meta['cpus']} cores shared by 4 simulated replicas, the routers "
              f"and the client; load average (1 min) {meta['loadavg_start'][0]:.1f} at the start, "
              f"{meta['loadavg_end'][0]:.1f} at the end; {meta['wall_s'] / 60:.1f} min in all"
              f"{' (--quick)' if meta['quick'] else ''}.", "",
              f"Replicas at {meta['speed']:g}x speed (mixed-slow: d at {meta['speed'] * SLOW_FACTOR:g}x). "
              "TTFT: streamed requests, at the client. hit: prompt tokens served from the replicas' prefix caches "
-             "(their /metrics, over the run). share: requests per replica a/b/c/d.", ""]
+             "(their /metrics, over the run). share: requests per replica a/b/c/d. runs: repeated runs give the "
+             "median of each figure (each run in quality.json).", ""]
     for note in meta["notes"]:
         lines.append(f"- {note}")
     if meta["notes"]:
@@ -642,11 +706,12 @@ def write_results(out: Path, meta: dict, scenarios: list[Scenario], rows: list[d
         lines += [f"### {scenario.name}", "",
                   f"{scenario.about}; KV cache {scenario.kv_blocks:,} blocks of 16 tokens per replica "
                   f"(prefixes: about twice that).", "",
-                  "| method | via | req/s | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | hit | share a/b/c/d | errors |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | via | runs | req/s | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | hit | share a/b/c/d "
+                  "| errors |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in mine:
             shares = "/".join(f"{100 * s:.0f}" for s in r["shares"].values())
-            lines.append(f"| {r['method']} | {r['via']} | {r['req_per_s']:.1f} | {r['output_tok_per_s']:.0f} | "
+            lines.append(f"| {r['method']} | {r['via']} | {r['runs']} | {r['req_per_s']:.1f} | {r['output_tok_per_s']:.0f} | "
                          f"{_fmt(r['ttft_p50_ms'], '.0f')} | {_fmt(r['ttft_p99_ms'], '.0f')} | "
                          f"{_fmt(None if r['hit_ratio'] is None else 100 * r['hit_ratio'], '.1f')}% | {shares} | "
                          f"{r['errors']} |")
@@ -671,19 +736,27 @@ async def run_all(procs: ProcessGroup, workdir: Path, args, scenarios: list[Scen
         if routers is None:
             routers = Routers(procs, workdir, has_workers, "2 workers" in topologies)
             await asyncio.to_thread(routers.start, urls)
-        for topology in topologies:
-            names = routers.for_topology(topology)
-            for method in methods:
-                t0 = time.perf_counter()
-                if any(routers.methods.get(n) == method for n in names):  # a new balancer, without history
-                    other = "least-connections" if method == "round-robin" else "round-robin"
-                    await routers.wait_version(names, routers.write(names, urls, other, "switch"))
-                version = routers.write(names, urls, method, f"run{next(run_tag)}")
-                await routers.wait_version(names, version)
-                row = await measured_run(scenario, urls, [routers.url(n) for n in names], method, topology,
-                                         args.run_deadline, args.timeout)
-                rows.append(row)
-                progress(row, time.perf_counter() - t0)
+        # Method by method, the set-ups one after the other, so that the runs an aim compares are close in
+        # time (the machine's load drifts); the compared runs are repeated and their medians reported.
+        for method in methods:
+            for repeat in range(args.repeats if (scenario.name, method) in REPEATED else 1):
+                for topology in topologies:
+                    names = routers.for_topology(topology)
+                    t0 = time.perf_counter()
+                    if any(routers.methods.get(n) == method for n in names):  # a new balancer, no history
+                        other = "least-connections" if method == "round-robin" else "round-robin"
+                        await routers.wait_version(names, routers.write(names, urls, other, "switch"))
+                    # Fresh endpoint ids drop the router's per-endpoint history (latency, load). The affinity
+                    # methods place by a hash of key and endpoint id: one id set per repeat, so that every
+                    # set-up of a repeat sees the same placement and the comparison is of the set-ups alone.
+                    tag = (f"{scenario.name}.{repeat}" if method in AFFINITY_METHODS else f"run{next(run_tag)}")
+                    version = routers.write(names, urls, method, tag)
+                    await routers.wait_version(names, version)
+                    row = await measured_run(scenario, urls, [routers.url(n) for n in names], method, topology,
+                                             args.run_deadline, args.timeout)
+                    row["repeat"] = repeat
+                    rows.append(row)
+                    progress(row, time.perf_counter() - t0)
         if peers is not None:
             for topology in PEER_TOPOLOGIES:
                 t0 = time.perf_counter()
@@ -706,6 +779,16 @@ async def run_all(procs: ProcessGroup, workdir: Path, args, scenarios: list[Scen
     return rows
 
 
+def print_tracebacks(logdir: Path, chars: int = 3000) -> None:
+    """Show the first Python traceback of each child's log (a router's 500s), before the logs are removed."""
+    for log in sorted(logdir.glob("*.log")):
+        text = log.read_text(errors="replace")
+        start = text.find("Traceback (most recent call last)")
+        if start >= 0:
+            print(f"--- {log.name}: {text.count('Traceback (most recent call last)')} tracebacks; the first:\n"
+                  f"{text[start:start + chars]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a quarter of the requests (a smoke run)")
@@ -714,6 +797,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default="", help="comma-separated subset of the scenarios")
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods")
     parser.add_argument("--topologies", default="", help="comma-separated subset of: 1 router, 2 routers, 2 workers")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs of each set-up for the runs the aims compare across set-ups, median reported "
+                             "(default 3; 1 with --quick)")
     parser.add_argument("--no-peers", action="store_true", help="leave sglang-router out")
     parser.add_argument("--peer-wait", type=float, default=0.0,
                         help="seconds to wait for bench/peer_routers.py to appear")
@@ -723,6 +809,8 @@ def main() -> None:
     args = parser.parse_args()
 
     started, load_start = time.time(), os.getloadavg()
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     notes: list[str] = []
     scenarios = build_scenarios(args.quick, args.seed)
     if args.scenarios:
@@ -749,19 +837,24 @@ def main() -> None:
         print("note:", note, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="maitred-quality-") as tmp, ProcessGroup(Path(tmp)) as procs:
-        rows = asyncio.run(run_all(procs, Path(tmp), args, scenarios, methods, topologies, has_workers, peers,
-                                   _print_run))
-    aims = check_aims(rows)
+        try:
+            rows = asyncio.run(run_all(procs, Path(tmp), args, scenarios, methods, topologies, has_workers, peers,
+                                       _print_run))
+        finally:
+            print_tracebacks(Path(tmp))
+    summary = aggregate(rows)
+    aims = check_aims(summary)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "python": platform.python_version(),
             "quick": args.quick, "speed": args.speed, "slow_factor": SLOW_FACTOR, "seed": args.seed,
+            "repeats": args.repeats,
             "methods": methods, "topologies": topologies, "notes": notes,
             "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-            "wall_s": round(time.time() - started, 1),
+            "wall_s": round(time.time() - started, 1), **source_state(),
             "scenarios": {s.name: {"about": s.about, "kv_blocks": s.kv_blocks, "requests": s.workload.requests,
                                    "concurrency": s.workload.concurrency, "slow": s.slow} for s in scenarios}}
     if peers is not None:
         meta["peer_versions"] = peers.installed_versions()
-    write_results(args.out, meta, scenarios, rows, aims)
+    write_results(args.out, meta, scenarios, rows, summary, aims)
     print("\naims:")
     for aim in aims:
         print(f"  {'met ' if aim['met'] else 'MISS'}  {aim['aim']}: {aim['value']}")
