@@ -12,10 +12,16 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-# .dockerignore lets in only what `pip install .` reads.
-COPY . .
+# The dependencies first, from pyproject.toml alone, so that their layer is reused until they change;
+# only the runtime ones: the demo's OpenAI SDK and httpx (the `demo` extra) stay out of the image.
+COPY pyproject.toml .
 RUN python -m venv /opt/maitred \
-    && /opt/maitred/bin/pip install --no-cache-dir --disable-pip-version-check . \
+    && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+       > /tmp/requirements.txt \
+    && /opt/maitred/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
+# Then the source (.dockerignore lets in only what `pip install .` reads).
+COPY . .
+RUN /opt/maitred/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
     && /opt/maitred/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}

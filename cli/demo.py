@@ -29,6 +29,12 @@ def demo_command(
     seed: int = typer.Option(7, help="Seed of the request mix."),
 ) -> None:
     """Run three simulated replicas and the router on 127.0.0.1, and drive traffic through each method."""
-    from maitred.cli.demo_run import run_demo  # here: `maitred --help` should not import openai, rich, httpx
-
+    try:
+        from maitred.cli.demo_run import run_demo  # here: `maitred --help` should not import openai, rich, httpx
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("openai", "httpx"):
+            raise
+        typer.echo(f"Error: maitred demo needs {exc.name}, from the demo extra: python3 -m pip install "
+                   "'maitred[demo]' (from a checkout: python3 -m pip install -e '.[demo]')", err=True)
+        raise typer.Exit(1) from None
     run_demo(requests, concurrency, seed)

@@ -60,3 +60,22 @@ def test_the_base_image_is_pinned_to_a_python_release():
     assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
     assert all(line.split()[1] in ("${PYTHON_IMAGE}",) for line in DOCKERFILE.splitlines()
                if line.startswith("FROM "))
+
+
+def test_the_images_two_install_steps_give_a_router_without_the_demos_sdk(tmp_path):
+    """The Dockerfile's dependency layer (pyproject's runtime dependencies) and source layer (--no-deps),
+    done in a fresh venv: the router and operator run, the OpenAI SDK is not there, the demo says why."""
+    assert "--no-deps ." in DOCKERFILE and "-r /tmp/requirements.txt" in DOCKERFILE
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    runtime = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    subprocess.run([*pip, *runtime], check=True, capture_output=True, timeout=600)
+    subprocess.run([*pip, "--no-deps", str(REPO)], check=True, capture_output=True, timeout=300)
+    maitred = str(venv / "bin" / "maitred")
+    for command in (["router", "--help"], ["operator", "--help"], ["sim", "--help"]):
+        assert subprocess.run([maitred, *command], capture_output=True, timeout=60).returncode == 0, command
+    python = str(venv / "bin" / "python")
+    assert subprocess.run([python, "-c", "import openai"], capture_output=True, timeout=60).returncode != 0
+    demo = subprocess.run([maitred, "demo"], capture_output=True, text=True, timeout=60)
+    assert demo.returncode == 1 and "maitred[demo]" in demo.stderr, demo.stderr
