@@ -159,6 +159,8 @@ def build_crd() -> dict:
             {"name": "Method", "type": "string", "jsonPath": ".spec.balancing.method"},
             {"name": "Ready", "type": "string", "jsonPath": ".status.ready",
              "description": "ready replicas / desired replicas"},
+            {"name": "Router", "type": "string", "jsonPath": ".status.router",
+             "description": "available/desired router pods"},
             {"name": "Endpoints", "type": "integer", "jsonPath": ".status.endpointCount",
              "description": "endpoints in the routing table"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -258,6 +258,7 @@ class PoolStatus(_Model):
     ready_replicas: int = 0
     selector: str = Field(default="", description="label selector in string form (app=x,tier in (a,b))")
     ready: str = Field(default="", description="readyReplicas/desired, for kubectl get")
+    router: str = Field(default="", description="available/desired pods of the router Deployment, for kubectl get")
     endpoint_count: int = 0
     table_version: int = 0
     endpoints: tuple[EndpointStatus, ...] = ()

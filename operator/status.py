@@ -1,4 +1,5 @@
-"""A pool's status from what the operator observed: replicas, endpoints and the Ready/Progressing/Degraded conditions.
+"""A pool's status from what the operator observed: replicas, endpoints, the router, and the conditions
+Ready, Progressing, Degraded and RouterAvailable.
 
 Pure functions of an :class:`Observation` and the previous conditions (which only lend their
 ``lastTransitionTime`` when a condition's status has not changed), so that the same world gives the same
@@ -42,6 +43,20 @@ class Observation:
     selector: str = ""
     endpoints: tuple[EndpointStatus, ...] = field(default=())
     ignored_replicas: int | None = None
+    router: RouterObservation | None = None
+
+
+@dataclass(frozen=True)
+class RouterObservation:
+    """The pool's router Deployment as last seen: `desired` pods (spec.router.replicas), `available` ones
+    (its status.availableReplicas), and `problem`: (reason, message) of what keeps its pods from running,
+    if known (a pod refused by admission, an image that cannot be pulled, a crashing container).
+    `seen`: False until the Deployment's status has been seen at all."""
+
+    desired: int
+    available: int = 0
+    problem: tuple[str, str] | None = None
+    seen: bool = True
 
 
 def now_rfc3339() -> str:
@@ -82,14 +97,42 @@ def compute_conditions(obs: Observation, previous: Iterable[Mapping[str, Any]] =
     else:
         degraded = ("False", "AsExpected", "")
 
+    router = router_available(obs.router)
+    if router[0] == "False":
+        if ready[0] == "True":
+            ready = ("False", "RouterUnavailable", f"{serving} endpoint(s) in the routing table, but {router[2]}")
+        if obs.router.problem is not None and not obs.error:
+            degraded = ("True", router[1], router[2])
+        elif progressing[0] == "False":
+            progressing = ("True", "WaitingForRouter", router[2])
+
     before = {c.get("type"): c for c in previous}
     out = []
-    for type_, (status, reason, message) in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded)):
+    for type_, (status, reason, message) in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded),
+                                             ("RouterAvailable", router)):
         old = before.get(type_) or {}
         since = old.get("lastTransitionTime") if old.get("status") == status and old.get("lastTransitionTime") else now
         out.append(Condition(type=type_, status=status, reason=reason, message=message,
                              observed_generation=obs.generation, last_transition_time=since))
     return tuple(out)
+
+
+def router_available(router: RouterObservation | None) -> tuple[str, str, str]:
+    """The RouterAvailable condition (status, reason, message): True once one router pod is available.
+
+    A pool with `spec.router.replicas: 0` runs no router of the operator's; its table is served by routers
+    the user runs, so the condition holds.
+    """
+    if router is None or router.desired == 0:
+        return ("True", "NoRouterReplicas", "spec.router.replicas is 0: the operator runs no router for this pool")
+    if router.available > 0:
+        return ("True", "RouterAvailable", f"{router.available} of {router.desired} router pod(s) available")
+    if router.problem is not None:
+        reason, message = router.problem
+        return ("False", reason, f"no router pod is available: {message}")
+    if not router.seen:
+        return ("False", "WaitingForRouter", "the router Deployment has not reported yet")
+    return ("False", "WaitingForRouter", f"0 of {router.desired} router pod(s) available yet")
 
 
 def compute_status(obs: Observation, previous: Mapping[str, Any] | None = None, now: str = "") -> PoolStatus:
@@ -101,6 +144,7 @@ def compute_status(obs: Observation, previous: Mapping[str, Any] | None = None, 
         ready_replicas=obs.ready,
         selector=obs.selector,
         ready=f"{obs.ready}/{obs.desired}",
+        router=f"{obs.router.available}/{obs.router.desired}" if obs.router else "",
         endpoint_count=obs.table_endpoints,
         table_version=obs.table_version,
         endpoints=obs.endpoints,

@@ -100,6 +100,8 @@ class Backend:
     hold_crashed: bool = False
     stop_at: float | None = None  # time.time(); set once the pod is terminating
     written_status: dict | None = field(default=None, repr=False)
+    args: tuple[str, ...] = ()  # the first container's args, for a command that runs what the pod asks
+    pull_error: str | None = None  # the image cannot be pulled: no process, ImagePullBackOff
 
     @property
     def url(self) -> str:
@@ -121,7 +123,8 @@ class Kubelet:
     ``api``: a ``kubernetes.client.ApiClient``. ``namespace=None`` manages
     pods of all namespaces. ``command``: argv template (fields ``{ip}``,
     ``{port}``, ``{model}``, ``{name}``, ``{namespace}``) or a callable taking
-    the ``Backend`` and returning argv. Port: the first container's first
+    the ``Backend`` (with the container's ``args``) and returning argv. ``can_pull(image)``: False
+    leaves the pod's container waiting in ImagePullBackOff, as for an image no registry has. Port: the first container's first
     ``containerPort`` (else 8000); model: its ``--model`` argument or ``MODEL``
     env (else ``test-model``). Times in seconds. Logs (its own and one per
     backend) go to ``log_dir``.
@@ -132,7 +135,7 @@ class Kubelet:
                  node_name: str | None = None, log_dir: Path | None = None,
                  ready_delay_s: float = 0.0, stop_delay_s: float = 0.0,
                  restart_delay_s: float = 1.0, probe_timeout_s: float = 1.0,
-                 addresses: AddressPool = POOL) -> None:
+                 addresses: AddressPool = POOL, can_pull: Callable[[str], bool] | None = None) -> None:
         self.namespace = namespace
         self.label_selector = label_selector
         self.command = command
@@ -143,6 +146,7 @@ class Kubelet:
         self.stop_delay_s = stop_delay_s
         self.restart_delay_s = restart_delay_s
         self.probe_timeout_s = probe_timeout_s
+        self.can_pull = can_pull
         self._addresses = addresses
         self._core = client.CoreV1Api(api)
         self._coordination = client.CoordinationV1Api(api)
@@ -437,9 +441,16 @@ class Kubelet:
             ip=self._addresses.take(port), port=port, model=model,
             log_path=self.log_dir / f"{meta['namespace']}.{meta['name']}.log",
             ready_delay_s=self.ready_delay_s, started_at=_rfc3339(),
+            args=tuple(pod["spec"]["containers"][0].get("args") or ()),
         )
         with self._lock:
             self._backends[backend.uid] = backend
+        image = pod["spec"]["containers"][0].get("image", "")
+        if self.can_pull is not None and not self.can_pull(image):
+            # As a registry that has no such image: the container never starts.
+            backend.pull_error = f'Back-off pulling image "{image}": not found'
+            self.log.info("%s/%s cannot pull %s", backend.namespace, backend.name, image)
+            return backend
         self._spawn(pod, backend)
         return backend
 
@@ -464,6 +475,9 @@ class Kubelet:
 
     def _sync_running(self, pod: dict, backend: Backend) -> None:
         now = time.monotonic()
+        if backend.pull_error is not None:
+            backend.ready_changed_at = backend.ready_changed_at or _rfc3339()
+            return
         if backend.proc is not None and backend.proc.poll() is not None and backend.restart_at is None:
             self.log.info("%s/%s exited with code %s", backend.namespace, backend.name, backend.proc.returncode)
             backend.probe_passed_at = None
@@ -600,7 +614,9 @@ def pod_status(pod: dict, backend: Backend) -> dict:
     def condition(kind: str, ok: bool, since: str) -> dict:
         return {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": since}
 
-    if running:
+    if backend.pull_error is not None:
+        state = {"waiting": {"reason": "ImagePullBackOff", "message": backend.pull_error}}
+    elif running:
         state = {"running": {"startedAt": backend.container_started_at}}
     else:
         state = {"waiting": {"reason": "CrashLoopBackOff", "message": "the backend process exited"}}
@@ -610,7 +626,7 @@ def pod_status(pod: dict, backend: Backend) -> dict:
         "restartCount": backend.restarts, "state": state,
     } for i, c in enumerate(pod["spec"]["containers"])]
     return {
-        "phase": "Running",
+        "phase": "Pending" if backend.pull_error is not None else "Running",
         "hostIP": "127.0.0.1",
         "hostIPs": [{"ip": "127.0.0.1"}],
         "podIP": backend.ip,

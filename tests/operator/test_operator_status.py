@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from maitred.operator.status import Observation, compute_conditions, compute_status
+import dataclasses
+
+from maitred.operator.status import Observation, RouterObservation, compute_conditions, compute_status
 
 
 def by_type(conditions) -> dict:
@@ -14,7 +16,7 @@ def test_all_replicas_ready():
 
     assert by_type(compute_conditions(obs, now="T")) == {
         "Ready": ("True", "EndpointsReady"), "Progressing": ("False", "AllReplicasReady"),
-        "Degraded": ("False", "AsExpected")}
+        "Degraded": ("False", "AsExpected"), "RouterAvailable": ("True", "NoRouterReplicas")}
 
 
 def test_scaling_up_is_progressing_and_still_ready():
@@ -70,7 +72,8 @@ def test_transition_times_move_only_when_a_status_changes():
                               now="T3")
 
     assert {c.last_transition_time for c in again} == {"T1"}
-    assert {c.type: c.last_transition_time for c in lost} == {"Ready": "T3", "Progressing": "T3", "Degraded": "T3"}
+    assert {c.type: c.last_transition_time for c in lost} == {"Ready": "T3", "Progressing": "T3", "Degraded": "T3",
+                                                              "RouterAvailable": "T1"}
 
 
 def test_the_status_serves_the_scale_subresource_and_kubectl_columns():
@@ -101,3 +104,33 @@ def test_replicas_without_a_template_are_said_to_be_ignored():
 
     assert (progressing.status, progressing.reason) == ("False", "AllReplicasReady")
     assert "spec.replicas (5) is ignored without a template" in progressing.message
+
+
+READY = Observation(generation=2, desired=2, matched=2, ready=2, selector="app=x", table_endpoints=2)
+
+
+def test_ready_needs_an_available_router_pod():
+    available = dataclasses.replace(READY, router=RouterObservation(desired=2, available=1))
+    conditions = by_type(compute_conditions(available, now="T"))
+    assert conditions["Ready"] == ("True", "EndpointsReady")
+    assert conditions["RouterAvailable"] == ("True", "RouterAvailable")
+    assert compute_status(available, now="T").router == "1/2"
+
+
+def test_router_pods_starting_are_progressing_not_degraded():
+    starting = dataclasses.replace(READY, router=RouterObservation(desired=2, available=0))
+    conditions = by_type(compute_conditions(starting, now="T"))
+    assert conditions["Ready"] == ("False", "RouterUnavailable")
+    assert conditions["Progressing"] == ("True", "WaitingForRouter")
+    assert conditions["Degraded"] == ("False", "AsExpected")
+
+
+def test_a_router_image_that_cannot_be_pulled_is_degraded_and_not_ready():
+    stuck = dataclasses.replace(READY, router=RouterObservation(
+        desired=2, available=0, problem=("ImagePullBackOff", 'pod r-1: Back-off pulling image "nope:1"')))
+    conditions = compute_conditions(stuck, now="T")
+    kinds = by_type(conditions)
+    assert kinds["Ready"] == ("False", "RouterUnavailable")
+    assert kinds["RouterAvailable"] == ("False", "ImagePullBackOff")
+    assert kinds["Degraded"] == ("True", "ImagePullBackOff")
+    assert "nope:1" in next(c for c in conditions if c.type == "Ready").message
