@@ -681,16 +681,20 @@ def _fmt(value, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
 
-def write_results(out: Path, meta: dict, scenarios: list[Scenario], runs: list[dict], rows: list[dict],
-                  aims: list[dict]) -> None:
+def write_results(out: Path, meta: dict, runs: list[dict], rows: list[dict], aims: list[dict]) -> None:
     """quality.json (every run, the per-set-up summary and the aims) and quality.md (the summary's tables)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps({"meta": meta, "summary": rows, "aims": aims, "runs": runs},
                                                  indent=2) + "\n")
+    (out / "quality.md").write_text(render_markdown(meta, rows, aims))
+
+
+def render_markdown(meta: dict, rows: list[dict], aims: list[dict]) -> str:
+    """The tables of quality.md, from what quality.json holds."""
     lines = [f"Balancing quality, {meta['date']}, {meta['cpus']} cores shared by 4 simulated replicas, the routers "
              f"and the client; load average (1 min) {meta['loadavg_start'][0]:.1f} at the start, "
              f"{meta['loadavg_end'][0]:.1f} at the end; {meta['wall_s'] / 60:.1f} min in all"
-             f"{' (--quick)' if meta['quick'] else ''}.", "",
+             f"{' (--quick)' if meta['quick'] else ''}; commit {meta.get('commit', '?')}.", "",
              f"Replicas at {meta['speed']:g}x speed (mixed-slow: d at {meta['speed'] * SLOW_FACTOR:g}x). "
              "TTFT: streamed requests, at the client. hit: prompt tokens served from the replicas' prefix caches "
              "(their /metrics, over the run). share: requests per replica a/b/c/d. runs: repeated runs give the "
@@ -699,26 +703,32 @@ def write_results(out: Path, meta: dict, scenarios: list[Scenario], runs: list[d
         lines.append(f"- {note}")
     if meta["notes"]:
         lines.append("")
-    for scenario in scenarios:
-        mine = [r for r in rows if r["scenario"] == scenario.name]
+    for name, scenario in meta["scenarios"].items():
+        mine = [r for r in rows if r["scenario"] == name]
         if not mine:
             continue
-        lines += [f"### {scenario.name}", "",
-                  f"{scenario.about}; KV cache {scenario.kv_blocks:,} blocks of 16 tokens per replica "
+        slow = scenario["slow"]
+        lines += [f"### {name}", "",
+                  f"{scenario['about']}; KV cache {scenario['kv_blocks']:,} blocks of 16 tokens per replica "
                   f"(prefixes: about twice that).", "",
                   "| method | via | runs | req/s | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | hit | share a/b/c/d "
-                  "| errors |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| errors |" + (" TTFT p99 a/b/c/d (ms) |" if slow else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if slow else "")]
         for r in mine:
             shares = "/".join(f"{100 * s:.0f}" for s in r["shares"].values())
-            lines.append(f"| {r['method']} | {r['via']} | {r['runs']} | {r['req_per_s']:.1f} | {r['output_tok_per_s']:.0f} | "
-                         f"{_fmt(r['ttft_p50_ms'], '.0f')} | {_fmt(r['ttft_p99_ms'], '.0f')} | "
-                         f"{_fmt(None if r['hit_ratio'] is None else 100 * r['hit_ratio'], '.1f')}% | {shares} | "
-                         f"{r['errors']} |")
+            line = (f"| {r['method']} | {r['via']} | {r['runs']} | {r['req_per_s']:.1f} | {r['output_tok_per_s']:.0f} | "
+                    f"{_fmt(r['ttft_p50_ms'], '.0f')} | {_fmt(r['ttft_p99_ms'], '.0f')} | "
+                    f"{_fmt(None if r['hit_ratio'] is None else 100 * r['hit_ratio'], '.1f')}% | {shares} | "
+                    f"{r['errors']} |")
+            if slow:
+                by = r.get("replica_ttft_p99_ms") or {}
+                line += (" " + "/".join(f"{by[n]:.0f}" if n in by else "-" for n in REPLICAS) + " |"
+                         if by else " - |")
+            lines.append(line)
         lines.append("")
     lines += ["### Aims", "", "| aim | measured | met |", "|---|---|---|"]
     lines += [f"| {a['aim']} | {a['value']} | {'yes' if a['met'] else '**no**'} |" for a in aims]
-    (out / "quality.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 # -- main ------------------------------------------------------------------------------------------------------
@@ -806,7 +816,13 @@ def main() -> None:
     parser.add_argument("--run-deadline", type=float, default=120.0, help="no request starts later in a run (s)")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only rewrite quality.md beside a quality.json from its contents (no runs)")
     args = parser.parse_args()
+    if args.render:
+        data = json.loads(args.render.read_text())
+        args.render.with_name("quality.md").write_text(render_markdown(data["meta"], data["summary"], data["aims"]))
+        return
 
     started, load_start = time.time(), os.getloadavg()
     if args.repeats is None:
@@ -854,7 +870,7 @@ def main() -> None:
                                    "concurrency": s.workload.concurrency, "slow": s.slow} for s in scenarios}}
     if peers is not None:
         meta["peer_versions"] = peers.installed_versions()
-    write_results(args.out, meta, scenarios, rows, summary, aims)
+    write_results(args.out, meta, rows, summary, aims)
     print("\naims:")
     for aim in aims:
         print(f"  {'met ' if aim['met'] else 'MISS'}  {aim['aim']}: {aim['value']}")
