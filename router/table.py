@@ -37,7 +37,10 @@ _PLAIN_URL = re.compile(r"^https?://[A-Za-z0-9.-]+:([0-9]{1,5})/?$")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    # allow_inf_nan: pydantic would read "inf" or "nan" (as strings) as a duration, which no timer takes
+    # (an infinite request timeout failed every request) and which the table cannot write back (null).
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+                              allow_inf_nan=False)
 
 
 class Endpoint(_Model):
