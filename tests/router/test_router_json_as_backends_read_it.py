@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 
 from raw_harness import raw_backends  # noqa: F401 (a fixture)
-from router_harness import MODEL, table
+from router_harness import MODEL, table, wait_for
 
 CUT_EMOJI = ('{"model": "%s", "messages": [{"role": "user", "content": "look: \\ud83d"}], "temperature": NaN}'
              % MODEL).encode()
@@ -36,4 +36,5 @@ def test_a_model_name_with_a_lone_surrogate_is_forwarded_and_logged(raw_backends
     resp = r.client.post("/v1/chat/completions", content=body)
     assert resp.status_code == 200, resp.text
     assert resp.json()["sha256"] == hashlib.sha256(body).hexdigest()
-    assert '"model":"cut\\\\ud83d"' in r.log_path.read_text()
+    # The access line is written once the response has gone: wait for it.
+    wait_for(lambda: '"model":"cut\\\\ud83d"' in r.log_path.read_text(), 5, "the access log line")
