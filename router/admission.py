@@ -67,7 +67,7 @@ async def admit(scope: Scope, receive: Receive, max_body_bytes: int, table: Rout
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body, at most `limit` bytes. Raises :class:`Refused` (413) or :class:`ClientGone`."""
     declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
     while True:
