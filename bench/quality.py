@@ -426,8 +426,10 @@ def start_replicas(procs: ProcessGroup, scenario: Scenario, speed: float) -> dic
 class Routers:
     """The maitred routers: `A` and `B` (plain) and `W` (--workers 2, when available), each with its own table file."""
 
-    def __init__(self, procs: ProcessGroup, workdir: Path, has_workers: bool, with_w: bool) -> None:
+    def __init__(self, procs: ProcessGroup, workdir: Path, has_workers: bool, with_w: bool,
+                 load_factor: float | None = None) -> None:
         self.procs, self.workdir = procs, workdir
+        self.load_factor = load_factor  # the table's affinity.loadFactor; None: the router's default
         self.has_workers = has_workers  # the option exists (its default may be one worker per core)
         self.names = ["A", "B"] + (["W"] if with_w else [])
         self.ports = {n: free_port(HOST) for n in self.names}
@@ -447,6 +449,8 @@ class Routers:
                  "endpoints": [{"id": f"{n}.{tag}", "url": u} for n, u in urls.items()],
                  "healthCheck": {"path": "/health", "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
                  "retries": {"attempts": 2}}
+        if self.load_factor is not None:
+            table["affinity"] = {"loadFactor": self.load_factor}
         for name in names:
             self.methods[name] = method
             path = self.workdir / f"table-{name}.json"
@@ -744,7 +748,7 @@ async def run_all(procs: ProcessGroup, workdir: Path, args, scenarios: list[Scen
         print(f"{scenario.name}: {scenario.about}; {scenario.kv_blocks} KV blocks per replica", flush=True)
         urls = await asyncio.to_thread(start_replicas, procs, scenario, args.speed)
         if routers is None:
-            routers = Routers(procs, workdir, has_workers, "2 workers" in topologies)
+            routers = Routers(procs, workdir, has_workers, "2 workers" in topologies, args.load_factor)
             await asyncio.to_thread(routers.start, urls)
         # Method by method, the set-ups one after the other, so that the runs an aim compares are close in
         # time (the machine's load drifts); the compared runs are repeated and their medians reported.
@@ -810,6 +814,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None,
                         help="runs of each set-up for the runs the aims compare across set-ups, median reported "
                              "(default 3; 1 with --quick)")
+    parser.add_argument("--load-factor", type=float, default=None,
+                        help="the routing table's affinity.loadFactor (default: the router's, 1.25)")
     parser.add_argument("--no-peers", action="store_true", help="leave sglang-router out")
     parser.add_argument("--peer-wait", type=float, default=0.0,
                         help="seconds to wait for bench/peer_routers.py to appear")
@@ -862,7 +868,7 @@ def main() -> None:
     aims = check_aims(summary)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "python": platform.python_version(),
             "quick": args.quick, "speed": args.speed, "slow_factor": SLOW_FACTOR, "seed": args.seed,
-            "repeats": args.repeats,
+            "repeats": args.repeats, "affinity_load_factor": args.load_factor,
             "methods": methods, "topologies": topologies, "notes": notes,
             "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
             "wall_s": round(time.time() - started, 1), **source_state(),
