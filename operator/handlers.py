@@ -5,6 +5,8 @@
   relabelled out of a selector must leave the table);
 - a child's deletion kicks its owner, which writes it again.
 
+kopf's backoffs are set at start-up (:mod:`maitred.operator.timing`).
+
 The children depend on the pool's spec alone, so a worker writes them when the spec's generation (or
 the router image) changed since it last wrote them all, after a restart, and when one was deleted;
 pod events only rewrite the table and the status.
@@ -25,7 +27,7 @@ import logging
 
 import kopf
 
-from maitred.operator import models
+from maitred.operator import models, timing
 from maitred.operator.kube import Kube, object_path
 from maitred.operator.peering import Standing
 from maitred.operator.reconcile import Outcome, reconcile_pool
@@ -36,13 +38,17 @@ log = logging.getLogger("maitred.operator")
 MANAGED = {"app.kubernetes.io/managed-by": "maitred"}
 
 
+class TransientFailure(Exception):
+    """A reconcile failed with answers that a retry soon may not get again (5xx, 429, 409)."""
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # Our own Events say what happened (Kube.post_event, which knows a terminating namespace is no error);
     # kopf would turn log lines into Events and retry them into namespaces being deleted.
     settings.posting.enabled = False
-    settings.watching.server_timeout = 270  # re-watch now and then, as kubectl does
     settings.batching.batch_window = 0.05  # s: a pod's event reaches its pool's table fast
+    timing.configure_kopf(settings)
     memo.kube = await Kube.connect(memo.get("kubeconfig"))
     peering = settings.peering
     memo.standing = None if peering.standalone else Standing(memo.kube, peering.name, peering.priority,
@@ -106,6 +112,8 @@ async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
         worker.children_applied_for = children_key
     if not out.gone:
         await _report(memo.kube, body, worker.key, out, before)
+    if out.transient and not out.ok:
+        raise TransientFailure("; ".join(out.errors))
     return out.ok or out.gone or out.invalid is not None  # no retry mends an invalid spec; its next change kicks
 
 

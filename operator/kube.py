@@ -38,6 +38,21 @@ class ApiError(Exception):
         super().__init__(f"{status} {reason}: {message}")
         self.status, self.reason, self.message = status, reason, message
 
+    @property
+    def transient(self) -> bool:
+        """True for an answer that the same request may not get again soon: 409 Conflict, 429, 5xx."""
+        return self.status in (409, 429) or self.status >= 500
+
+
+def _api_error(status: int, raw: bytes) -> ApiError:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = {"message": raw.decode(errors="replace")[:500]}
+    if not isinstance(body, dict):
+        body = {"message": str(body)[:500]}
+    return ApiError(status, body.get("reason", ""), body.get("message", ""))
+
 
 def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
     """The REST path of a namespaced object (or of its collection when `name` is empty)."""
@@ -71,11 +86,7 @@ class Kube:
             raw = await resp.read()
             if 200 <= resp.status < 300:
                 return orjson.loads(raw) if raw else {}
-        try:
-            status = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            status = {"message": raw.decode(errors="replace")[:500]}
-        raise ApiError(resp.status, status.get("reason", ""), status.get("message", ""))
+        raise _api_error(resp.status, raw)
 
     async def get(self, path: str) -> dict | None:
         """The object at `path`, or None if there is none."""

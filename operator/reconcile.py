@@ -46,6 +46,7 @@ class Outcome:
     children_applied: bool = False  # every child was written
     invalid: str | None = None  # the spec cannot be served (no retry helps): why
     gone: bool = False  # the pool no longer exists
+    transient: bool = False  # an error that a retry soon may not meet (a 5xx, 429 or 409 answer)
 
     @property
     def ok(self) -> bool:
@@ -154,6 +155,7 @@ async def _apply(kube: Kube, manifest: dict, out: Outcome) -> None:
     try:
         await kube.apply(manifest)
     except ApiError as exc:
+        out.transient = out.transient or exc.transient
         out.errors.append(f"{manifest['kind']} {manifest['metadata']['name']}: {exc.message or exc}")
 
 
@@ -186,6 +188,7 @@ async def _write_status(kube: Kube, pool: PoolRef, body: dict, out: Outcome, las
         if exc.status == 404:
             out.gone = True
             return
+        out.transient = out.transient or exc.transient
         out.errors.append(f"status: {exc.message or exc}")
 
 

@@ -1,9 +1,12 @@
 """One worker per pool: runs reconciles one at a time, coalescing the kicks that arrive meanwhile, retrying on failure.
 
 Events only *kick* a pool; the worker then reconciles from the current state of the world (level-triggered).
-Ten pod events during one reconcile cause one more reconcile, not ten. A failed reconcile is tried again
-after a backoff that doubles (0.5 s to 30 s), and at once on the next kick. Workers of different pools are
-independent tasks, so one bad pool never stops the operator from serving the others.
+Ten pod events during one reconcile cause one more reconcile, not ten. A reconcile the API server refused
+is tried again after a backoff that doubles (0.5 s to 30 s); one that failed on the network, a timeout or
+an answer that may not come again (it raised) after 0.2 s doubling to 2 s; either at once on the next
+kick. With no kick at all, a pool is reconciled again every ``RESYNC_S`` (60 s, give or take 10 %), so
+that whatever an event did not say is mended. Workers of different pools are independent tasks, so one
+bad pool never stops the operator from serving the others.
 The reconcile function reads the pool fresh before it writes (`body` only names the pool), and reports
 success when another operator replica outranks this one, which drops the pending retries.
 """
@@ -12,18 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
 
 from maitred.operator.models import LabelSelector, PoolSpec
 from maitred.operator.routing import effective_selector
 from maitred.operator.selectors import matches
+from maitred.operator.timing import RESYNC_S, TRANSIENT_RETRY_CAP_S, TRANSIENT_RETRY_FIRST_S, Backoff
 
 log = logging.getLogger("maitred.operator")
 
-#: Backoff after a failed reconcile, in s: from the first, doubling, to the last.
+#: Backoff after a reconcile the API server refused, in s: from the first, doubling, to the last.
 RETRY_BACKOFF_S = (0.5, 30.0)
+#: Backoff after a reconcile that raised (network, timeouts, 5xx), in s: from the first, doubling, to the last.
+TRANSIENT_BACKOFF_S = (TRANSIENT_RETRY_FIRST_S, TRANSIENT_RETRY_CAP_S)
 
-#: reconcile(body, worker) -> True if it succeeded.
+#: reconcile(body, worker) -> True if it succeeded, False if refused; raises for a transient failure.
 Reconcile = Callable[[dict, "PoolWorker"], Awaitable[bool]]
 
 
@@ -42,6 +49,7 @@ class PoolWorker:
         self.last_status: dict | None = None
         self.children_applied_for: tuple | None = None  # the children_key they were last all written for
         self.children_requests = 0  # bumped by each kick that asks for the children to be written again
+        self.resync_s = RESYNC_S  # reconciled again after this long with no kick (give or take 10 %)
         self._reconcile = reconcile
         self._kicked = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -89,24 +97,27 @@ class PoolWorker:
         return selector is not None and matches(selector, labels)
 
     async def _run(self) -> None:
+        refused, transient = Backoff(*RETRY_BACKOFF_S), Backoff(*TRANSIENT_BACKOFF_S)
+        failures = 0
         delay_s: float | None = None
         while True:
+            wait_s = delay_s if delay_s is not None else self.resync_s * random.uniform(0.9, 1.1)
             try:
-                await asyncio.wait_for(self._kicked.wait(), delay_s)
+                async with asyncio.timeout(wait_s):  # not wait_for, which may swallow a cancellation (3.11)
+                    await self._kicked.wait()
             except TimeoutError:
-                pass  # time to retry
+                pass  # time to retry, or to resync
             self._kicked.clear()
             try:
                 ok = await self._reconcile(self.body, self)
+                schedule = refused
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # network trouble, timeouts, a bug: log, keep the worker, retry
+            except Exception as exc:  # network trouble, timeouts, a bug: log, keep the worker, retry soon
                 log.warning("pool %s: reconcile failed: %s: %s", self.key, type(exc).__name__, exc)
-                ok = False
-            if ok:
-                delay_s = None
-            else:
-                delay_s = RETRY_BACKOFF_S[0] if delay_s is None else min(delay_s * 2, RETRY_BACKOFF_S[1])
+                ok, schedule = False, transient
+            failures = 0 if ok else failures + 1
+            delay_s = None if ok else schedule.delay(failures)
 
 
 class Pools:

@@ -12,6 +12,8 @@ Usage::
     plane = ControlPlane(bin_dir, workdir)
     plane.start()            # raises RuntimeError/TimeoutError with the log tail
     ... plane.kubeconfig ...
+    plane.stop_apiserver()   # a fault: the API server goes away (etcd and its data stay)
+    plane.start_apiserver()  # back on the same address, with the same flags; returns once /readyz passes
     plane.stop()             # idempotent; nothing is left running
 """
 
@@ -62,6 +64,10 @@ class ControlPlane:
         self.server = ""
         self.started_in_s = 0.0
         self._procs: dict[str, subprocess.Popen] = {}
+        self._apiserver_args: list[str] = []
+        self._kcm_args: list[str] = []
+        self._kcm_port = 0
+        self._ca_ctx: ssl.SSLContext | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -91,6 +97,31 @@ class ControlPlane:
             if proc is not None:
                 procs.stop(proc, grace_s=10.0)
 
+    def stop_apiserver(self, kill: bool = True) -> None:
+        """Take the API server away: SIGKILL (`kill`, a crash: its connections are reset) or SIGTERM
+        (a graceful exit, at most 10 s). etcd and the controller manager keep running."""
+        proc = self._procs.pop("kube-apiserver")
+        if kill:
+            procs.kill(proc)
+        else:
+            procs.stop(proc, grace_s=10.0)
+
+    def start_apiserver(self) -> float:
+        """Start the API server again, on the same port with the same flags; return the seconds until its
+        /readyz passed. Raises TimeoutError or RuntimeError (it exited) with its log tail.
+
+        The controller manager is restarted too, once the API server is ready: its informers back off
+        for up to 30 s after an outage, which would slow down the Deployments of the tests that follow.
+        """
+        t0 = time.monotonic()
+        self._run("kube-apiserver", self._apiserver_args)
+        procs.wait_until(lambda: _http_ok(f"{self.server}/readyz", self._ca_ctx), START_TIMEOUT_S,
+                         "kube-apiserver /readyz (restarted)", alive=self._alive())
+        ready_s = time.monotonic() - t0
+        procs.stop(self._procs.pop("kube-controller-manager"), grace_s=5.0)
+        self._start_controller_manager()
+        return ready_s
+
     def __enter__(self) -> "ControlPlane":
         self.start()
         return self
@@ -115,7 +146,7 @@ class ControlPlane:
         etcd_port, peer_port, api_port, kcm_port = procs.free_ports(4)
         etcd_url = self._start_etcd(etcd_port, peer_port)
         self.server = f"https://127.0.0.1:{api_port}"
-        self._run("kube-apiserver", [
+        self._apiserver_args = [
             "--etcd-servers", etcd_url,
             "--bind-address", "127.0.0.1",
             "--advertise-address", "127.0.0.1",
@@ -133,15 +164,16 @@ class ControlPlane:
             "--service-cluster-ip-range", "10.0.0.0/24",
             "--allow-privileged=true",
             "--profiling=false",
-        ])
-        ca_ctx = ssl.create_default_context(cafile=str(keys["ca_crt"]))
+        ]
+        self._run("kube-apiserver", self._apiserver_args)
+        ca_ctx = self._ca_ctx = ssl.create_default_context(cafile=str(keys["ca_crt"]))
         procs.wait_until(lambda: _http_ok(f"{self.server}/readyz", ca_ctx), START_TIMEOUT_S,
                          "kube-apiserver /readyz", alive=self._alive())
 
         self._write_kubeconfig(self.kubeconfig, keys["ca_crt"], admin_token)
         kcm_kubeconfig = self.workdir / "kcm.kubeconfig"
         self._write_kubeconfig(kcm_kubeconfig, keys["ca_crt"], kcm_token)
-        self._run("kube-controller-manager", [
+        self._kcm_args = [
             "--kubeconfig", str(kcm_kubeconfig),
             "--controllers", ",".join(CONTROLLERS),
             "--leader-elect=false",
@@ -149,10 +181,15 @@ class ControlPlane:
             "--secure-port", str(kcm_port),
             "--cert-dir", str(self.workdir / "kcm-certs"),
             "--profiling=false",
-        ])
+        ]
+        self._kcm_port = kcm_port
+        self._start_controller_manager()
+
+    def _start_controller_manager(self) -> None:
+        self._run("kube-controller-manager", self._kcm_args)
         # Its serving cert is self-signed and /healthz carries no secret.
         insecure = ssl._create_unverified_context()
-        procs.wait_until(lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure),
+        procs.wait_until(lambda: _http_ok(f"https://127.0.0.1:{self._kcm_port}/healthz", insecure),
                          START_TIMEOUT_S, "kube-controller-manager /healthz", alive=self._alive())
 
     def _start_etcd(self, client_port: int, peer_port: int) -> str:

@@ -11,6 +11,8 @@ Session scope:
   ``kubeconfig``   path (str) of its kubeconfig
   ``kubectl``      ``kubectl(*args, input=None, check=True)`` -> CompletedProcess
   ``k8s_api``      a ``kubernetes.client.ApiClient``
+  ``control_plane`` the ``ControlPlane`` started here (skips the test with
+                   ``--kubeconfig``): ``stop_apiserver()``, ``start_apiserver()``
 Function scope:
   ``namespace``    a fresh namespace, deleted afterwards
   ``make_kubelet`` ``make_kubelet(**kwargs)`` -> a started ``kubelet.Kubelet``
@@ -69,7 +71,7 @@ def k8s_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     plane = ControlPlane(binaries, tmp_path_factory.mktemp("k8s"))
     plane.start()
     cluster = Cluster(kubeconfig=plane.kubeconfig, kubectl_bin=str(binaries / "kubectl"),
-                      logs=plane.logs, started_in_s=plane.started_in_s)
+                      logs=plane.logs, started_in_s=plane.started_in_s, control_plane=plane)
     request.config.stash[_CLUSTER] = cluster
     try:
         yield cluster
@@ -80,6 +82,14 @@ def k8s_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="session")
 def kubeconfig(k8s_cluster: Cluster) -> str:
     return str(k8s_cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def control_plane(k8s_cluster: Cluster) -> ControlPlane:
+    """The control plane started here, for tests that stop and start its API server."""
+    if k8s_cluster.control_plane is None:
+        pytest.skip("takes the API server away: only with the control plane the tests start (no --kubeconfig)")
+    return k8s_cluster.control_plane
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,16 @@ class Cluster:
 
     ``kubeconfig``: path to its kubeconfig; ``kubectl_bin``: the kubectl to run;
     ``logs``: control-plane log files by process name (empty for an external
-    cluster); ``started_in_s``: control-plane start time, 0 for an external one.
+    cluster); ``started_in_s``: control-plane start time, 0 for an external one;
+    ``control_plane``: the ``controlplane.ControlPlane`` the tests started (None
+    for an external cluster), for tests that take its API server away.
     """
 
     kubeconfig: Path
     kubectl_bin: str
     logs: dict[str, Path] = field(default_factory=dict)
     started_in_s: float = 0.0
+    control_plane: object | None = None
 
     @property
     def external(self) -> bool:

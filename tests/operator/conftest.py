@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,12 @@ CRDS = Path(__file__).parents[2] / "crds"
 @pytest.fixture(scope="session")
 def crds(kubectl) -> None:
     kubectl("apply", "-f", str(CRDS))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/aiservicepools.maitred.dev", "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+    names = ("crd/aiservicepools.maitred.dev", "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+    for attempt in range(10):  # a CRD created a moment ago may have no status.conditions yet: kubectl wait fails
+        done = kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, check=attempt == 9)
+        if done.returncode == 0:
+            break
+        time.sleep(0.5)
 
 
 @pytest.fixture

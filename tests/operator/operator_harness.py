@@ -41,6 +41,17 @@ def wait_for(check: Callable[[], object], timeout_s: float, what: str, interval_
         time.sleep(interval_s)
 
 
+def serving(pools: "Pools", pool: str, pod: str, ready: bool, timeout_s: float = 60.0) -> float:
+    """Wait until pod `pod` is (`ready`) or is not in the table of `pool`; return when (time.monotonic())."""
+    return wait_for(lambda: (pod in pools.endpoint_ids(pool)) == ready and time.monotonic(), timeout_s,
+                    f"{pod} {'in' if ready else 'out of'} the table of {pool}")
+
+
+def pod_is(pools: "Pools", pod: str, ready: bool, timeout_s: float = 60.0) -> float:
+    """Wait until the pod's Ready condition in the API is `ready`; return when (time.monotonic())."""
+    return wait_for(lambda: pools.pod_ready(pod) == ready and time.monotonic(), timeout_s, f"{pod} Ready={ready}")
+
+
 class OperatorProcess:
     """``maitred operator --namespace NS`` with peering (KopfPeering in NS) unless `standalone`."""
 
