@@ -49,6 +49,7 @@ import math
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -405,6 +406,16 @@ def _stop(procs: ProcessGroup, name: str) -> None:
         del procs.procs[name]
 
 
+def wait_up(procs: ProcessGroup, name: str, url: str, timeout_s: float = 60.0) -> None:
+    """wait_until_up, and on failure say what the child `name` logged."""
+    try:
+        wait_until_up(url, timeout_s=timeout_s)
+    except RuntimeError as exc:
+        log = procs.logdir / f"{name}.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"{exc}; {name} logged:\n{tail}") from None
+
+
 def start_replicas(procs: ProcessGroup, scenario: Scenario, speed: float) -> dict[str, str]:
     """(Re)start the four replicas for `scenario`; returns name -> base URL."""
     for name in REPLICAS:
@@ -418,19 +429,19 @@ def start_replicas(procs: ProcessGroup, scenario: Scenario, speed: float) -> dic
                       "--speed", f"{replica_speed:g}", "--kv-cache-blocks", str(scenario.kv_blocks),
                       "--seed", "1", "--log-level", "warning")
         urls[name] = f"http://{HOST}:{port}"
-    for url in urls.values():
-        wait_until_up(url + "/health", timeout_s=60)
+    for name, url in urls.items():
+        wait_up(procs, f"sim-{name}", url + "/health")
     return urls
 
 
 class Routers:
     """The maitred routers: `A` and `B` (plain) and `W` (--workers 2, when available), each with its own table file."""
 
-    def __init__(self, procs: ProcessGroup, workdir: Path, has_workers: bool, with_w: bool,
+    def __init__(self, procs: ProcessGroup, workdir: Path, options: set[str], with_w: bool,
                  load_factor: float | None = None) -> None:
         self.procs, self.workdir = procs, workdir
         self.load_factor = load_factor  # the table's affinity.loadFactor; None: the router's default
-        self.has_workers = has_workers  # the option exists (its default may be one worker per core)
+        self.options = options  # the router's command-line options
         self.names = ["A", "B"] + (["W"] if with_w else [])
         self.ports = {n: free_port(HOST) for n in self.names}
         self.version = 0
@@ -462,12 +473,16 @@ class Routers:
     def start(self, urls: dict[str, str]) -> None:
         self.write(self.names, urls, "round-robin", "start")
         for name in self.names:
-            extra = ["--workers", "2" if name == "W" else "1"] if self.has_workers else []
+            extra = []
+            if "--workers" in self.options:  # its default may be one worker per core
+                extra += ["--workers", "2" if name == "W" else "1"]
+            if "--admin-port" in self.options:  # 0: /debug/table on the traffic port, no fixed port shared
+                extra += ["--admin-port", "0"]
             self.procs.maitred(f"router-{name}", "router", "--table", str(self.workdir / f"table-{name}.json"),
                                "--host", HOST, "--port", str(self.ports[name]), "--no-access-log",
                                "--log-level", "warning", *extra)
         for name in self.names:
-            wait_until_up(self.url(name) + "/healthz", timeout_s=60)
+            wait_up(self.procs, f"router-{name}", self.url(name) + "/healthz")
 
     async def wait_version(self, names: list[str], version: int, timeout_s: float = 20.0) -> None:
         """Until every router in `names` (with --workers, every worker we can reach) serves table `version`."""
@@ -507,12 +522,12 @@ def installed_methods() -> tuple[list[str], list[str]]:
     return [m for m in WANTED_METHODS if m in METHODS], [m for m in WANTED_METHODS if m not in METHODS]
 
 
-def router_has_workers() -> bool:
-    """Whether `maitred router --help` lists `--workers`."""
+def router_options() -> set[str]:
+    """The long options `maitred router --help` lists (e.g. --workers, --admin-port)."""
     env = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
     out = subprocess.run([sys.executable, "-m", "maitred.cli.main", "router", "--help"], capture_output=True,
                          text=True, timeout=60, env=env)
-    return "--workers" in out.stdout
+    return set(re.findall(r"(--[a-z][a-z-]+)", out.stdout))
 
 
 def load_peer_routers(wait_s: float):
@@ -739,7 +754,7 @@ def render_markdown(meta: dict, rows: list[dict], aims: list[dict]) -> str:
 
 
 async def run_all(procs: ProcessGroup, workdir: Path, args, scenarios: list[Scenario], methods: list[str],
-                  topologies: list[str], has_workers: bool, peers,
+                  topologies: list[str], options: set[str], peers,
                   progress: Callable[[dict, float], None]) -> list[dict]:
     rows: list[dict] = []
     routers: Routers | None = None
@@ -748,7 +763,7 @@ async def run_all(procs: ProcessGroup, workdir: Path, args, scenarios: list[Scen
         print(f"{scenario.name}: {scenario.about}; {scenario.kv_blocks} KV blocks per replica", flush=True)
         urls = await asyncio.to_thread(start_replicas, procs, scenario, args.speed)
         if routers is None:
-            routers = Routers(procs, workdir, has_workers, "2 workers" in topologies, args.load_factor)
+            routers = Routers(procs, workdir, options, "2 workers" in topologies, args.load_factor)
             await asyncio.to_thread(routers.start, urls)
         # Method by method, the set-ups one after the other, so that the runs an aim compares are close in
         # time (the machine's load drifts); the compared runs are repeated and their medians reported.
@@ -844,8 +859,8 @@ def main() -> None:
     if args.methods:
         methods = [m for m in methods if m in args.methods.split(",")]
     topologies = list(TOPOLOGIES)
-    has_workers = router_has_workers()
-    if not has_workers:
+    options = router_options()
+    if "--workers" not in options:
         topologies.remove("2 workers")
         notes.append("skipped `2 workers`: `maitred router --help` has no --workers")
     if args.topologies:
@@ -860,7 +875,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="maitred-quality-") as tmp, ProcessGroup(Path(tmp)) as procs:
         try:
-            rows = asyncio.run(run_all(procs, Path(tmp), args, scenarios, methods, topologies, has_workers, peers,
+            rows = asyncio.run(run_all(procs, Path(tmp), args, scenarios, methods, topologies, options, peers,
                                        _print_run))
         finally:
             print_tracebacks(Path(tmp))
