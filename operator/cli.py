@@ -50,7 +50,8 @@ def operator_command(
     except Exception as exc:  # no kubeconfig, no API server, no peering CRD: say which, and stop
         typer.echo(f"maitred operator: {exc}", err=True)
         raise typer.Exit(1) from None
-    memo = kopf.Memo(router_image=router_image, kubeconfig=str(kubeconfig) if kubeconfig else None)
+    memo = kopf.Memo(router_image=router_image, kubeconfig=str(kubeconfig) if kubeconfig else None,
+                     namespaces=namespaces)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,

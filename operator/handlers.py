@@ -1,7 +1,8 @@
 """The kopf handlers: tiny, they only route events to the pools' workers (:mod:`maitred.operator.workers`).
 
 - a pool's events start, kick or stop its worker;
-- a pod's events kick the pools that it belongs to, or belonged to at their last reconcile (a pod
+- a pod's changes, as the pod cache (:mod:`maitred.operator.podcache`, the operator's own watch of the
+  pods) sees them, kick the pools that it belongs to, or belonged to at their last reconcile (a pod
   relabelled out of a selector must leave the table);
 - a child's deletion kicks its owner, which writes it again.
 
@@ -30,6 +31,7 @@ import kopf
 from maitred.operator import models, timing
 from maitred.operator.kube import Kube, object_path
 from maitred.operator.peering import Standing
+from maitred.operator.podcache import PodCache
 from maitred.operator.reconcile import Outcome, reconcile_pool
 from maitred.operator.workers import PoolWorker, Pools
 
@@ -47,18 +49,21 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # Our own Events say what happened (Kube.post_event, which knows a terminating namespace is no error);
     # kopf would turn log lines into Events and retry them into namespaces being deleted.
     settings.posting.enabled = False
-    settings.batching.batch_window = 0.05  # s: a pod's event reaches its pool's table fast
+    settings.batching.batch_window = 0.05  # s: a pool's event reaches its worker fast
     timing.configure_kopf(settings)
     memo.kube = await Kube.connect(memo.get("kubeconfig"))
     peering = settings.peering
     memo.standing = None if peering.standalone else Standing(memo.kube, peering.name, peering.priority,
                                                               peering.clusterwide)
     memo.pools = Pools(lambda body, worker: _reconcile(memo, body, worker))
+    memo.pods = PodCache(memo.kube, memo.get("namespaces") or (), on_change=memo.pools.kick_for_pod)
+    memo.pods.start()
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_) -> None:
     await memo.pools.stop()
+    await memo.pods.stop()
     await memo.kube.close()
 
 
@@ -69,11 +74,6 @@ async def pool_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_) ->
     else:
         # A MODIFIED with the same generation is a status write (most often our own): nothing to do.
         memo.pools.upsert(dict(body), kick=type != "MODIFIED" or memo.pools.generation_changed(body))
-
-
-@kopf.on.event("", "v1", "pods")
-def pod_event(name: str, namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_) -> None:
-    memo.pools.kick_for_pod(namespace, name, labels)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
@@ -99,15 +99,17 @@ async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
     if memo.get("standing") is not None and not await memo.standing.may_act(namespace):
         log.info("pool %s: another operator replica acts; standing by", worker.key)
         return True
+    await memo.pods.wait_synced(namespace)  # the pods listed once (at start-up)
     body = await memo.kube.get(object_path(models.API_VERSION, models.KIND, namespace, name))
     if body is None or body["metadata"].get("uid") != worker.body["metadata"].get("uid"):
         return True  # deleted (or deleted and created again: its events start a new worker)
     worker.body = body
     before = worker.last_status
     children_key = worker.children_key(memo.router_image)
-    out = await reconcile_pool(memo.kube, body, router_image=memo.router_image, last_status=worker.last_status,
+    out = await reconcile_pool(memo.kube, body, pods=memo.pods.pods(namespace), router_image=memo.router_image,
+                               last_status=worker.last_status, known_table=worker.known_table,
                                with_children=worker.children_applied_for != children_key)
-    worker.pod_names, worker.last_status = out.pod_names, out.status
+    worker.pod_names, worker.last_status, worker.known_table = out.pod_names, out.status, out.known_table
     if out.children_applied:
         worker.children_applied_for = children_key
     if not out.gone:

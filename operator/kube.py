@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime
 import logging
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from maitred.operator import models
+from maitred.operator import models, timing
 from maitred.router.sources import kube_api_client
 
 log = logging.getLogger("maitred.operator")
@@ -25,6 +26,8 @@ FIELD_MANAGER = "maitred-operator"
 #: Event messages are cut to this many characters (the API server refuses those over 1 KiB).
 EVENT_MESSAGE_MAX = 1000
 REQUEST_TIMEOUT_S = 30
+#: A watch's timeoutSeconds: the API server ends it then, and the caller watches again.
+WATCH_SERVER_TIMEOUT_S = 270
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "ServiceAccount": "serviceaccounts",
             "Pod": "pods", "Event": "events", "Deployment": "deployments", "Role": "roles",
@@ -88,6 +91,44 @@ class Kube:
                 return orjson.loads(raw) if raw else {}
         raise _api_error(resp.status, raw)
 
+    async def list_all(self, path: str, query: list[tuple[str, str]] | None = None) -> tuple[list[dict], str]:
+        """Every item of the collection at `path`, in pages of :data:`timing.LIST_CHUNK`, and the list's
+        resourceVersion (of the first page: the pages are one snapshot)."""
+        items: list[dict] = []
+        token, version = "", ""
+        while True:
+            page_query = [*(query or []), ("limit", str(timing.LIST_CHUNK))] + ([("continue", token)] if token else [])
+            page = await self.request("GET", path, query=page_query)
+            items.extend(page.get("items") or ())
+            meta = page.get("metadata") or {}
+            version = version or meta.get("resourceVersion", "")
+            token = meta.get("continue") or ""
+            if not token:
+                return items, version
+
+    async def watch(self, path: str, resource_version: str,
+                    query: list[tuple[str, str]] | None = None) -> AsyncIterator[dict]:
+        """The events ({"type", "object"}) of a watch of `path` from `resource_version`, BOOKMARKs included.
+
+        The API server ends it after :data:`WATCH_SERVER_TIMEOUT_S`. An ERROR event is yielded as it
+        comes (410 Gone: list again). Raises :class:`ApiError` if refused.
+        """
+        watch_query = [*(query or []), ("watch", "true"), ("allowWatchBookmarks", "true"),
+                       ("resourceVersion", resource_version), ("timeoutSeconds", str(WATCH_SERVER_TIMEOUT_S))]
+        resp = await self.api.call_api(path, "GET", query_params=watch_query,
+                                       header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+                                       _preload_content=False)
+        async with resp:
+            if not 200 <= resp.status < 300:
+                raise _api_error(resp.status, await resp.read())
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield orjson.loads(line)
+
     async def get(self, path: str) -> dict | None:
         """The object at `path`, or None if there is none."""
         try:
@@ -96,12 +137,6 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
-
-    async def list_pods(self, namespace: str, label_selector: str) -> list[dict]:
-        """The pods of `namespace` that match `label_selector` (string form), read fresh from the API server."""
-        listing = await self.request("GET", object_path("v1", "Pod", namespace),
-                                     query=[("labelSelector", label_selector)])
-        return listing.get("items") or []
 
     async def apply(self, manifest: dict) -> dict:
         """Server-side apply `manifest` (create or update; fields it sets become ours). Returns the object."""

@@ -1,9 +1,13 @@
 """One reconcile of one pool: read the world, compute what it should be with the pure functions, write the difference.
 
-Level-triggered: it reads the pool's pods fresh from the API server (a LIST with the pool's selector, so a
-pod deleted while a watch was down can never linger) and the table in force from the ConfigMap, never a
-remembered diff, so any number of runs in any order, before or after a restart, converge on the same
-objects and the same table version.
+Level-triggered: it takes the pool's pods from the pod cache (:mod:`maitred.operator.podcache`, a watch
+that is listed again now and then, so a pod deleted while a watch was down never lingers) and the table
+in force from the ConfigMap, never a remembered diff, so any number of runs in any order, before or after
+a restart, converge on the same objects and the same table version.
+
+The pure step, :func:`plan_pool` (spec and pods in, table and observation out), is linear in the pods:
+about 10 ms for 1,000 (``python bench/reconcile.py``). The table in the ConfigMap is parsed again only
+when it is not the one this process wrote last.
 
 Order: the routing table first (what pod events wait for), then the children, then the status. A child
 that cannot be written does not stop the others; its error goes into the Degraded condition and the
@@ -12,7 +16,9 @@ caller retries.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pydantic
@@ -21,14 +27,14 @@ from maitred.operator.children import (
     TABLE_KEY, PoolRef, build_children, build_configmap, routing_configmap_name)
 from maitred.operator.kube import ApiError, Kube, object_path
 from maitred.operator.models import PoolSpec
+from maitred.operator.routing import (
+    Pod, build_routing_table, effective_selector, endpoint_statuses, selected_pods, versioned)
+from maitred.operator.selectors import selector_problem, to_string
+from maitred.operator.status import Observation, compute_status, status_patch
+from maitred.router.table import RoutingTable, TableError, parse_table
 
 #: spec.replicas when the user gives none (the CRD's default).
 DEFAULT_REPLICAS = PoolSpec.model_fields["replicas"].default
-from maitred.operator.routing import (
-    build_routing_table, effective_selector, endpoint_statuses, selected_pods, versioned)
-from maitred.operator.selectors import to_string
-from maitred.operator.status import Observation, compute_status, status_patch
-from maitred.router.table import RoutingTable, TableError, parse_table
 
 log = logging.getLogger("maitred.operator")
 
@@ -47,10 +53,61 @@ class Outcome:
     invalid: str | None = None  # the spec cannot be served (no retry helps): why
     gone: bool = False  # the pool no longer exists
     transient: bool = False  # an error that a retry soon may not meet (a 5xx, 429 or 409 answer)
+    known_table: tuple[str, RoutingTable] | None = None  # the table in the ConfigMap: its JSON, parsed
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+class InvalidSpec(Exception):
+    """A spec that passed the CRD but cannot be served (e.g. a selector the API server cannot parse)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a pool's spec and pods make: the pure step of a reconcile.
+
+    `selected`: the pods the selector chooses (not terminating, by name); `fresh`: the table of those pods
+    and the static endpoints; `table`: what to write, `fresh` or the last good endpoints `kept`;
+    `table_json`: its ConfigMap text; `observation`: for the status, as if the writes succeed.
+    """
+
+    spec: PoolSpec
+    selector: str
+    selected: list[Pod]
+    fresh: RoutingTable
+    table: RoutingTable
+    kept: bool
+    table_json: str
+    observation: Observation
+
+
+def plan_pool(pool: PoolRef, spec: dict, pods: Iterable[Pod], previous: RoutingTable | None) -> Plan:
+    """The table and the observation of pool `pool` with `spec` (camelCase), given its namespace's `pods`
+    and the table in force. Raises pydantic.ValidationError or :class:`InvalidSpec` for a spec no one can serve.
+    """
+    parsed = PoolSpec.model_validate(spec or {})
+    selector = effective_selector(parsed, pool.name)
+    if selector is not None and (problem := selector_problem(selector)):
+        raise InvalidSpec(f"selector: {problem}")
+    selector_text = to_string(selector) if selector else ""
+    selected = selected_pods(parsed, pool.name, pods) if selector else []
+    fresh = build_routing_table(parsed, (), pool=pool.key, previous=previous, selected=selected)
+    kept = keep_last_good(fresh, previous, parsed)
+    table = versioned(fresh.model_copy(update={"endpoints": previous.endpoints}), previous) if kept else fresh
+    names = {p["metadata"]["name"] for p in selected}
+    pod_endpoints = sum(1 for e in fresh.endpoints if e.id in names)
+    obs = Observation(
+        generation=pool.generation,
+        desired=parsed.replicas if parsed.template is not None else len(selected),
+        matched=len(selected), ready=pod_endpoints, managed=parsed.template is not None,
+        static=len(fresh.endpoints) - pod_endpoints,
+        table_endpoints=len(table.endpoints), table_version=table.version,
+        kept_last_good=kept, selector=selector_text,
+        endpoints=endpoint_statuses(parsed, pool.name, (), fresh, selected=selected),
+        ignored_replicas=parsed.replicas if parsed.template is None and parsed.replicas != DEFAULT_REPLICAS else None)
+    return Plan(parsed, selector_text, selected, fresh, table, kept, table.to_json().decode(), obs)
 
 
 def keep_last_good(fresh: RoutingTable, previous: RoutingTable | None, spec: PoolSpec) -> bool:
@@ -63,37 +120,53 @@ def keep_last_good(fresh: RoutingTable, previous: RoutingTable | None, spec: Poo
     return not fresh.endpoints and previous is not None and bool(previous.endpoints) and not scaled_to_zero
 
 
-def table_in_configmap(configmap: dict | None) -> RoutingTable | None:
-    """The table a ConfigMap holds, or None if it holds none (or a bad one)."""
+def table_in_configmap(configmap: dict | None,
+                       known: tuple[str, RoutingTable] | None = None) -> RoutingTable | None:
+    """The table a ConfigMap holds, or None if it holds none (or a bad one).
+
+    `known`: a table's JSON and the table, e.g. the one last written: if the ConfigMap holds exactly that
+    text, the table is not parsed again.
+    """
     raw = ((configmap or {}).get("data") or {}).get(TABLE_KEY)
     if raw is None:
         return None
+    if known is not None and raw == known[0]:
+        return known[1]
     try:
         return parse_table(raw)
     except TableError:
         return None
 
 
-async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_status: dict | None = None,
-                         with_children: bool = True) -> Outcome:
+def holds(configmap: dict | None, pool: PoolRef, table_json: str) -> bool:
+    """True if `configmap` is the pool's (its ownerReference, our label) and holds `table_json` already."""
+    if configmap is None or (configmap.get("data") or {}).get(TABLE_KEY) != table_json:
+        return False
+    meta = configmap.get("metadata") or {}
+    owned = any(o.get("uid") == pool.uid and o.get("controller") for o in meta.get("ownerReferences") or ())
+    return owned and (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") == "maitred"
+
+
+async def reconcile_pool(kube: Kube, body: dict, *, pods: Iterable[Pod], router_image: str,
+                         last_status: dict | None = None, with_children: bool = True,
+                         known_table: tuple[str, RoutingTable] | None = None) -> Outcome:
     """Bring the pool `body` (as the API returns it) and its children to their desired state. See the module doc.
 
-    `with_children=False` skips the children, which depend on the spec alone: the caller passes it when
-    only pods changed since it last applied them for this spec. A spec that passed the CRD but cannot be
-    served (a static URL or a selector the router's models or the API server refuse) sets `invalid`
-    (Degraded=True, reason InvalidSpec). Raises only for errors that are not the API server's answer
-    (network, timeouts): the caller retries.
+    `pods`: the pods of the pool's namespace (from the pod cache). `with_children=False` skips the children,
+    which depend on the spec alone: the caller passes it when only pods changed since it last applied them
+    for this spec. `known_table`: the JSON and table this process last saw in force (see
+    :func:`table_in_configmap`). A spec that passed the CRD but cannot be served (a static URL or a
+    selector the router's models or the API server refuse) sets `invalid` (Degraded=True, reason
+    InvalidSpec). Raises only for errors that are not the API server's answer (network, timeouts): the
+    caller retries.
     """
     pool = PoolRef.from_body(body)
     out = Outcome()
+    configmap_path = object_path("v1", "ConfigMap", pool.namespace, routing_configmap_name(pool.name))
+    configmap = await kube.get(configmap_path)
+    previous = table_in_configmap(configmap, known_table)
     try:
-        spec = PoolSpec.model_validate(body.get("spec") or {})
-        selector = effective_selector(spec, pool.name)
-        selector_text = to_string(selector) if selector else ""
-        pods = await _list_pods(kube, pool.namespace, selector_text) if selector else []
-        configmap_path = object_path("v1", "ConfigMap", pool.namespace, routing_configmap_name(pool.name))
-        previous = table_in_configmap(await kube.get(configmap_path))
-        fresh = build_routing_table(spec, pods, pool=pool.key, previous=previous)
+        plan = plan_pool(pool, body.get("spec") or {}, pods, previous)
     except (pydantic.ValidationError, InvalidSpec) as exc:  # the router's models check more than the CRD can
         out.invalid = f"invalid spec: {_first_error(exc) if isinstance(exc, pydantic.ValidationError) else exc}"
         out.errors.append(out.invalid)
@@ -102,53 +175,32 @@ async def reconcile_pool(kube: Kube, body: dict, *, router_image: str, last_stat
                                         error=out.invalid, error_reason="InvalidSpec"))
         return out
 
-    selected = selected_pods(spec, pool.name, pods)
-    out.pod_names = frozenset(p["metadata"]["name"] for p in selected)
-    kept = keep_last_good(fresh, previous, spec)
-    table = versioned(fresh.model_copy(update={"endpoints": previous.endpoints}), previous) if kept else fresh
-    await _apply(kube, build_configmap(pool, table), out)
+    out.pod_names = frozenset(p["metadata"]["name"] for p in plan.selected)
+    if not holds(configmap, pool, plan.table_json):
+        await _apply(kube, build_configmap(pool, plan.table, plan.table_json), out)
     if out.errors:  # the table was not written: the one in the ConfigMap (if any) stays in force
         out.table = previous
+        raw = ((configmap or {}).get("data") or {}).get(TABLE_KEY)
+        out.known_table = (raw, previous) if raw is not None and previous is not None else None
     else:
         before = {e.id for e in previous.endpoints} if previous else set()
-        after = {e.id for e in table.endpoints}
-        out.table, out.added, out.removed = table, tuple(sorted(after - before)), tuple(sorted(before - after))
+        after = {e.id for e in plan.table.endpoints}
+        out.table, out.added, out.removed = plan.table, tuple(sorted(after - before)), tuple(sorted(before - after))
+        out.known_table = (plan.table_json, plan.table)
 
     if with_children:
         table_errors = len(out.errors)
-        for child in build_children(pool, spec, router_image):
+        for child in build_children(pool, plan.spec, router_image):
             await _apply(kube, child, out)
-        if spec.template is None:
+        if plan.spec.template is None:
             await _prune_replicas(kube, pool)
         out.children_applied = len(out.errors) == table_errors
 
     in_force = out.table
-    pod_endpoints = sum(1 for e in fresh.endpoints if e.id in out.pod_names)
-    obs = Observation(
-        generation=pool.generation,
-        desired=spec.replicas if spec.template is not None else len(selected),
-        matched=len(selected), ready=pod_endpoints, managed=spec.template is not None,
-        static=len(fresh.endpoints) - pod_endpoints,
-        table_endpoints=len(in_force.endpoints) if in_force else 0,
-        table_version=in_force.version if in_force else 0,
-        kept_last_good=kept, error="; ".join(out.errors) or None, selector=selector_text,
-        endpoints=endpoint_statuses(spec, pool.name, pods, fresh),
-        ignored_replicas=spec.replicas if spec.template is None and spec.replicas != DEFAULT_REPLICAS else None)
+    obs = dataclasses.replace(plan.observation, table_endpoints=len(in_force.endpoints) if in_force else 0,
+                              table_version=in_force.version if in_force else 0, error="; ".join(out.errors) or None)
     await _write_status(kube, pool, body, out, last_status, obs)
     return out
-
-
-class InvalidSpec(Exception):
-    """The API server refused a read that the pool's spec shaped (e.g. a selector it cannot parse)."""
-
-
-async def _list_pods(kube: Kube, namespace: str, selector: str) -> list[dict]:
-    try:
-        return await kube.list_pods(namespace, selector)
-    except ApiError as exc:
-        if exc.status == 400:  # a selector the API server cannot parse: no retry will fix it
-            raise InvalidSpec(f"selector: {exc.message or exc}") from None
-        raise
 
 
 async def _apply(kube: Kube, manifest: dict, out: Outcome) -> None:

@@ -8,6 +8,7 @@ The string form (``app=x,tier in (a,b),!canary``) is what the API server accepts
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from maitred.operator.models import LabelSelector, LabelSelectorRequirement
@@ -49,6 +50,34 @@ def to_string(selector: LabelSelector) -> str:
             op = "in" if req.operator == "In" else "notin"
             terms.append(f"{req.key} {op} ({','.join(sorted(req.values))})")
     return ",".join(terms)
+
+
+_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def selector_problem(selector: LabelSelector) -> str | None:
+    """Why the API server would refuse `selector` as a labelSelector, or None if it would take it.
+
+    The rules of k8s.io/apimachinery (IsQualifiedName, IsValidLabelValue): a key is an optional DNS
+    subdomain prefix of at most 253 characters and '/', then a name of at most 63; a value at most 63.
+    The CRD checks the characters; the lengths of the parts it cannot.
+    """
+    keys = [*selector.match_labels, *(r.key for r in selector.match_expressions)]
+    values = [*selector.match_labels.values(), *(v for r in selector.match_expressions for v in r.values)]
+    for key in keys:
+        prefix, _, name = key.rpartition("/")
+        if len(name) > 63:
+            return f"label key {key!r}: name part must be no more than 63 characters"
+        if not _NAME.match(name):
+            return f"label key {key!r}: name part must consist of alphanumeric characters, '-', '_' or '.'"
+        if "/" in key and (len(prefix) > 253 or not _PREFIX.match(prefix)):
+            return f"label key {key!r}: prefix part must be a DNS subdomain of at most 253 characters"
+    for value in values:
+        if len(value) > 63 or not _VALUE.match(value):
+            return f"label value {value!r}: must be at most 63 alphanumeric characters, '-', '_' or '.'"
+    return None
 
 
 def pool_selector(name: str) -> LabelSelector:

@@ -7,7 +7,7 @@ The faults, and what bounds the operator's answer to each (all times in seconds)
   within about a second of the API server (kopf's default backoffs, 1, 1, 2, 3, 5, 8, 13, 21 s, left it
   up to 21 s behind, then gave up on the request). A reconcile that failed on the network is retried after
   0.2 s doubling to :data:`TRANSIENT_RETRY_CAP_S`; every pool is reconciled again every
-  :data:`RESYNC_S` anyway.
+  :data:`RESYNC_S` anyway, and the pod cache is listed again every :data:`RELIST_S`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ class Backoff:
     def __repr__(self) -> str:
         return f"Backoff({self.first} s doubling to {self.cap} s, without end)"
 
+
+#: The pod cache is listed again this often, whatever its watch said.
+RELIST_S = 300.0
+#: The page size of every LIST, so that each request stays small.
+LIST_CHUNK = 500
 
 def configure_kopf(settings) -> None:
     """Set kopf's backoffs to the values above (`settings`: kopf.OperatorSettings)."""

@@ -49,6 +49,7 @@ class PoolWorker:
         self.last_status: dict | None = None
         self.children_applied_for: tuple | None = None  # the children_key they were last all written for
         self.children_requests = 0  # bumped by each kick that asks for the children to be written again
+        self.known_table = None  # (JSON, RoutingTable) of the table last seen in force, not to parse it again
         self.resync_s = RESYNC_S  # reconciled again after this long with no kick (give or take 10 %)
         self._reconcile = reconcile
         self._kicked = asyncio.Event()

@@ -178,6 +178,21 @@ class Pools:
             raise
         return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or ())
 
+    def apiserver_requests(self, verb: str, resource: str, scope: str = "") -> int:
+        """How many `verb` requests (LIST, WATCH, GET, ...) for `resource` the API server has served (its
+        apiserver_request_total metric, summed over codes; `scope`: only "namespace" or "cluster" ones)."""
+        api = self.core.api_client
+        resp = api.call_api(*api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]))
+        resp.read()
+        text = resp.data.decode()
+        total = 0
+        for line in text.splitlines():
+            if line.startswith("apiserver_request_total{") and f'verb="{verb}"' in line \
+                    and f'resource="{resource}"' in line and 'subresource=""' in line \
+                    and (not scope or f'scope="{scope}"' in line):
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
+
     def condition(self, name: str, type_: str) -> dict:
         status = self.get(name).get("status") or {}
         return next((c for c in status.get("conditions", ()) if c["type"] == type_), {})
