@@ -29,7 +29,9 @@ class LeastConnections:
 
     def pick(self, endpoints: Sequence[EndpointState], request: Any = None) -> EndpointState:
         """The endpoint with the fewest in flight; among equals, each in turn."""
-        fewest = min(e.in_flight for e in endpoints)
-        tied = [e for e in endpoints if e.in_flight == fewest]
+        # One read of each count: with several workers they move under our feet (another process's cells).
+        counts = [e.in_flight for e in endpoints]
+        fewest = min(counts)
+        tied = [e for e, n in zip(endpoints, counts) if n == fewest]
         self._turn += 1
         return tied[self._turn % len(tied)]

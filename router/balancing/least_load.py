@@ -29,11 +29,12 @@ def queued(endpoint: EndpointState) -> float:
     Never below this router's own in-flight count (a report taken just before a burst may show less).
     Without a report, the in-flight count alone.
     """
-    if endpoint.reported_running is None:
-        return float(endpoint.in_flight)
-    since_report = endpoint.in_flight - endpoint.in_flight_at_report
-    reported = (endpoint.reported_waiting or 0.0) + endpoint.reported_running + since_report
-    return max(reported, float(endpoint.in_flight))
+    in_flight = endpoint.in_flight  # read once: with several workers it is a sum of cells that keep moving
+    running = endpoint.reported_running
+    if running is None:
+        return float(in_flight)
+    reported = (endpoint.reported_waiting or 0.0) + running + in_flight - endpoint.in_flight_at_report
+    return max(reported, float(in_flight))
 
 
 def load(endpoint: EndpointState) -> float:
