@@ -40,7 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import (HOST, SMALL_CHAT, STREAM_COMPLETION, backend_conf, big_chat, check_path, machine,  # noqa: E402
-                     tree_cpu_s, wait_http, wrk, write_lua)
+                     keep_best, tree_cpu_s, wait_http, wrk, wrk_retried, write_lua)
 from peers import maitred_has_workers, start_maitred  # noqa: E402
 
 from maitred.cli.processes import ProcessGroup, free_port  # noqa: E402
@@ -167,13 +167,18 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, rounds: int) -> 
         for case, (path, body, conc) in CASES.items():
             for name, (port, pid) in targets.items():
                 cpu0 = tree_cpu_s(pid)
-                result = wrk(f"http://{HOST}:{port}{path}", scripts[body], conc, seconds)
-                result["cpu_ms_per_req"] = round((tree_cpu_s(pid) - cpu0) / result["requests"] * 1000.0, 4)
+                result = wrk_retried(f"http://{HOST}:{port}{path}", scripts[body], conc, seconds)
+                if "requests" in result:
+                    result["cpu_ms_per_req"] = round((tree_cpu_s(pid) - cpu0) / result["requests"] * 1000.0, 4)
                 result["round"] = round_ + 1
-                if case not in rows[name] or result["rps"] > rows[name][case]["rps"]:
-                    rows[name][case] = result
+                keep_best(rows[name], case, result)
                 print(json.dumps({"pair": name, "case": case, **result}), flush=True)
     return rows
+
+
+def _ok(result: dict | None) -> dict | None:
+    """A wrk result with figures, or None for a missing or failed run."""
+    return result if result and "rps" in result else None
 
 
 def factor_effects(rows: dict) -> dict:
@@ -194,7 +199,7 @@ def factor_effects(rows: dict) -> dict:
                 for other in others:
                     top = f"{a}+{other}" if factor.startswith("server") else f"{other}+{a}"
                     bottom = f"{b}+{other}" if factor.startswith("server") else f"{other}+{b}"
-                    x, y = rows.get(top, {}).get(case), rows.get(bottom, {}).get(case)
+                    x, y = _ok(rows.get(top, {}).get(case)), _ok(rows.get(bottom, {}).get(case))
                     if x and y and y[key]:
                         product *= x[key] / y[key]
                         n += 1
@@ -210,7 +215,7 @@ def write_results(out: Path, meta: dict, rows: dict) -> None:
     for name, row in rows.items():
         ratios[name] = {}
         for case in CASES:
-            if case in row and case in base:
+            if _ok(row.get(case)) and _ok(base.get(case)):
                 ratios[name][case] = {k: round(row[case][k] / base[case][k], 3) if base[case][k] else None
                                       for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")}
     effects = factor_effects(rows)
@@ -237,6 +242,9 @@ def write_results(out: Path, meta: dict, rows: dict) -> None:
         for case in CASES:
             r, q = row.get(case), ratios.get(name, {}).get(case) or {}
             if r is None:
+                continue
+            if "rps" not in r:
+                lines.append(f"| {name} | | {case} | failed: {r.get('error', '')[-120:]!r} | | | |")
                 continue
             cells = []
             for key, fmt in (("rps", "{:,.0f}"), ("p50_ms", "{:.3f}"), ("p99_ms", "{:.2f}"),

@@ -34,6 +34,7 @@ All traffic goes to 127.0.0.1; every process is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -49,7 +50,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import (HOST, SMALL_CHAT, STREAM_COMPLETION, backend_conf, big_chat, check_path, machine,  # noqa: E402
                      open_streams, proxy_conf, tree_cpu_s, tree_pss_bytes, tree_rss_bytes, wait_http, wrk,
-                     write_lua)
+                     wrk_retried, keep_best, write_lua)
 from peer_routers import (PEER_VERSIONS, ensure_peer_venv, start_sglang_router,  # noqa: E402
                           start_vllm_router)
 
@@ -68,11 +69,16 @@ CASES = {
 ROUTERS = ("maitred-w1", "maitred-w2", "vllm-router", "sglang-router")
 
 
+@functools.cache
+def router_help() -> str:
+    """The text of this maitred's `maitred router --help`."""
+    return subprocess.run([sys.executable, "-m", "maitred.cli.main", "router", "--help"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
+
+
 def maitred_has_workers() -> bool:
     """Whether this maitred's `router` command takes `--workers N`."""
-    out = subprocess.run([sys.executable, "-m", "maitred.cli.main", "router", "--help"], capture_output=True,
-                         text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
-    return "--workers" in out.stdout
+    return "--workers" in router_help()
 
 
 def start_maitred(procs: ProcessGroup, workdir: Path, name: str, ports: list[int], workers: int | None) -> int:
@@ -87,6 +93,8 @@ def start_maitred(procs: ProcessGroup, workdir: Path, name: str, ports: list[int
             "--log-level", "warning"]
     if workers is not None:
         args += ["--workers", str(workers)]
+    if "--admin-port" in router_help():  # 0: no separate admin port (its default, 9091, would be shared)
+        args += ["--admin-port", "0"]
     procs.maitred(name, *args)
     wait_http(f"http://{HOST}:{port}/readyz")
     return port
@@ -176,12 +184,11 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, rounds: int, str
         for case, (path, body, conc) in CASES.items():
             for name, (port, pid) in targets.items():
                 cpu0 = tree_cpu_s(pid) if pid else None
-                result = wrk(f"http://{HOST}:{port}{path}", scripts[body], conc, seconds)
-                if pid:
+                result = wrk_retried(f"http://{HOST}:{port}{path}", scripts[body], conc, seconds)
+                if pid and "requests" in result:
                     result["cpu_s_per_10k"] = round((tree_cpu_s(pid) - cpu0) / result["requests"] * 10_000, 3)
                 result["round"] = round_ + 1
-                if case not in paths[name] or result["rps"] > paths[name][case]["rps"]:
-                    paths[name][case] = result
+                keep_best(paths[name], case, result)
                 print(json.dumps({"path": name, "case": case, **result}), flush=True)
     for name in kinds:  # the throughput routers leave; fresh ones measure the open streams
         procs.kill(name)
