@@ -6,7 +6,8 @@
   relabelled out of a selector must leave the table);
 - a child's deletion kicks its owner, which writes it again.
 
-kopf's backoffs are set at start-up (:mod:`maitred.operator.timing`).
+kopf's timeouts and backoffs are set at start-up (:mod:`maitred.operator.timing`), and
+its HTTP session is the operator's own, with TCP keep-alive (:func:`login`).
 
 The children depend on the pool's spec alone, so a worker writes them when the spec's generation (or
 the router image) changed since it last wrote them all, after a restart, and when one was deleted;
@@ -24,8 +25,10 @@ Shared objects (the API client, the workers, the router image) live in kopf's ``
 
 from __future__ import annotations
 
+import inspect
 import logging
 
+import aiohttp
 import kopf
 
 from maitred.operator import models, timing
@@ -42,6 +45,21 @@ MANAGED = {"app.kubernetes.io/managed-by": "maitred"}
 
 class TransientFailure(Exception):
     """A reconcile failed with answers that a retry soon may not get again (5xx, 429, 409)."""
+
+
+@kopf.on.login()
+async def login(**kwargs):
+    """kopf's own login (kubernetes_asyncio: kubeconfig or in-cluster), on an HTTP session with TCP keep-alive."""
+    info = await kopf.login_via_async_client(**kwargs)
+    if info is None or not hasattr(kopf, "AiohttpSession"):  # kopf < 1.38 takes no session of ours
+        return info
+    options: dict = {"limit": 0, "ssl": info.as_ssl_context()}
+    if "socket_factory" in inspect.signature(aiohttp.TCPConnector).parameters:  # aiohttp >= 3.12
+        options["socket_factory"] = timing.keepalive_socket
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(**options), headers=info.as_http_headers(),
+                                    proxy=info.proxy_url, trust_env=info.trust_env)
+    return kopf.AiohttpSession(server=info.server, default_namespace=info.default_namespace,
+                               priority=info.priority, expiration=info.expiration, aiohttp_session=session)
 
 
 @kopf.on.startup()

@@ -4,17 +4,26 @@ Plain dicts rather than the client's models, so that the pure functions get exac
 fields the client does not know included. Children are written with server-side apply (field manager
 ``maitred-operator``), which creates what is missing and changes only what differs: idempotent, so a
 reconcile may run any number of times, after a restart too, and never duplicates a child.
+
+Connections carry TCP keep-alive, and every request has a connect, read and total timeout
+(:mod:`maitred.operator.timing`). A request that times out drops every pooled connection (one frozen
+connection means the path to the API server broke, and the others went the same way) and, if it is
+idempotent, is tried once more on a new connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import inspect
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 
 from maitred.operator import models, timing
@@ -25,9 +34,9 @@ log = logging.getLogger("maitred.operator")
 FIELD_MANAGER = "maitred-operator"
 #: Event messages are cut to this many characters (the API server refuses those over 1 KiB).
 EVENT_MESSAGE_MAX = 1000
-REQUEST_TIMEOUT_S = 30
-#: A watch's timeoutSeconds: the API server ends it then, and the caller watches again.
-WATCH_SERVER_TIMEOUT_S = 270
+#: Methods tried once more on a new connection after a timeout: reads, and writes that are idempotent here
+#: (server-side apply; merge patches onto a resourceVersion; deletes with a uid precondition).
+RETRIED_METHODS = frozenset({"GET", "PATCH", "DELETE"})
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "ServiceAccount": "serviceaccounts",
             "Pod": "pods", "Event": "events", "Deployment": "deployments", "Role": "roles",
@@ -64,31 +73,89 @@ def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> 
     return f"{path}/{name}" if name else path
 
 
+def _pool(configuration) -> aiohttp.ClientSession:
+    """The HTTP session kubernetes_asyncio's RESTClientObject makes (same TLS settings), with TCP keep-alive."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, keyfile=configuration.key_file)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if getattr(configuration, "disable_strict_ssl_verification", False):
+        context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    options: dict[str, Any] = {"limit": configuration.connection_pool_maxsize, "ssl": context}
+    if "socket_factory" in inspect.signature(aiohttp.TCPConnector).parameters:  # aiohttp >= 3.12
+        options["socket_factory"] = timing.keepalive_socket
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(**options), trust_env=True, read_bufsize=2**21)
+
+
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=timing.REQUEST_TIMEOUT_S, sock_connect=timing.CONNECT_TIMEOUT_S,
+                                        sock_read=timing.READ_TIMEOUT_S)
+WATCH_TIMEOUT = aiohttp.ClientTimeout(total=timing.WATCH_CLIENT_TIMEOUT_S, sock_connect=timing.CONNECT_TIMEOUT_S)
+
+
 class Kube:
     """An API connection. Build it with :meth:`connect`; :meth:`close` it."""
 
     def __init__(self, api_client) -> None:
         self.api = api_client
+        self._closing: set[asyncio.Task] = set()
 
     @classmethod
     async def connect(cls, kubeconfig: str | Path | None = None) -> "Kube":
         """Connect with `kubeconfig`, else $KUBECONFIG, else the in-cluster service account."""
-        return cls(await kube_api_client(kubeconfig))
+        kube = cls(await kube_api_client(kubeconfig))
+        await kube._swap_pool()
+        return kube
 
     async def close(self) -> None:
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self.api.close()
+
+    async def _swap_pool(self) -> None:
+        rest = self.api.rest_client
+        old, rest.pool_manager = rest.pool_manager, _pool(self.api.configuration)
+        await old.close()
+
+    def drop_connections(self) -> None:
+        """Close every pooled connection (in the background); the next requests open new ones.
+
+        Requests in flight on the old connections fail and are retried by their callers.
+        """
+        rest = self.api.rest_client
+        old, rest.pool_manager = rest.pool_manager, _pool(self.api.configuration)
+        task = asyncio.get_running_loop().create_task(old.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _call(self, method: str, path: str, query: list[tuple[str, str]], body: Any, content_type: str,
+                    timeout: aiohttp.ClientTimeout):
+        return await self.api.call_api(
+            path, method, query_params=query, header_params={"Content-Type": content_type,
+                                                             "Accept": "application/json"},
+            body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout)
 
     async def request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
                       body: Any = None, content_type: str = "application/json") -> dict:
-        """One API call; returns the JSON answer. Raises :class:`ApiError` for any non-2xx status."""
-        resp = await self.api.call_api(
-            path, method, query_params=query or [], header_params={"Content-Type": content_type,
-                                                                   "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S)
-        async with resp:
-            raw = await resp.read()
-            if 200 <= resp.status < 300:
-                return orjson.loads(raw) if raw else {}
+        """One API call; returns the JSON answer. Raises :class:`ApiError` for any non-2xx status.
+
+        Network errors and timeouts raise as they are (aiohttp.ClientError, TimeoutError), after one more
+        try on a new connection for the methods in :data:`RETRIED_METHODS`.
+        """
+        for attempt in (1, 2):
+            try:
+                resp = await self._call(method, path, query or [], body, content_type, REQUEST_TIMEOUT)
+                async with resp:
+                    raw = await resp.read()
+                break
+            except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if isinstance(exc, TimeoutError):
+                    self.drop_connections()
+                if attempt == 2 or method not in RETRIED_METHODS:
+                    raise
+                log.info("%s %s: %s; trying again on a new connection", method, path, type(exc).__name__)
+        if 200 <= resp.status < 300:
+            return orjson.loads(raw) if raw else {}
         raise _api_error(resp.status, raw)
 
     async def list_all(self, path: str, query: list[tuple[str, str]] | None = None) -> tuple[list[dict], str]:
@@ -110,24 +177,28 @@ class Kube:
                     query: list[tuple[str, str]] | None = None) -> AsyncIterator[dict]:
         """The events ({"type", "object"}) of a watch of `path` from `resource_version`, BOOKMARKs included.
 
-        The API server ends it after :data:`WATCH_SERVER_TIMEOUT_S`. An ERROR event is yielded as it
-        comes (410 Gone: list again). Raises :class:`ApiError` if refused.
+        The API server ends it after :data:`timing.WATCH_SERVER_TIMEOUT_S`; one still open after
+        :data:`timing.WATCH_CLIENT_TIMEOUT_S` raises TimeoutError, having dropped every pooled connection.
+        An ERROR event is yielded as it comes (410 Gone: list again). Raises :class:`ApiError` if refused.
         """
         watch_query = [*(query or []), ("watch", "true"), ("allowWatchBookmarks", "true"),
-                       ("resourceVersion", resource_version), ("timeoutSeconds", str(WATCH_SERVER_TIMEOUT_S))]
-        resp = await self.api.call_api(path, "GET", query_params=watch_query,
-                                       header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-                                       _preload_content=False)
-        async with resp:
-            if not 200 <= resp.status < 300:
-                raise _api_error(resp.status, await resp.read())
-            buffer = b""
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        yield orjson.loads(line)
+                       ("resourceVersion", resource_version),
+                       ("timeoutSeconds", str(timing.WATCH_SERVER_TIMEOUT_S))]
+        try:
+            resp = await self._call("GET", path, watch_query, None, "application/json", WATCH_TIMEOUT)
+            async with resp:
+                if not 200 <= resp.status < 300:
+                    raise _api_error(resp.status, await resp.read())
+                buffer = b""
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield orjson.loads(line)
+        except TimeoutError:
+            self.drop_connections()
+            raise
 
     async def get(self, path: str) -> dict | None:
         """The object at `path`, or None if there is none."""

@@ -10,7 +10,8 @@ One reflector per watched namespace (or one for all namespaces), as client-go's 
   (history expired) means LIST again;
 - LIST again every :data:`~maitred.operator.timing.RELIST_S` whatever the watch said, so that nothing a
   watch may have missed lingers;
-- on any error, the same again after a backoff of 0.1 s doubling to 1 s, without end.
+- on any error, the same again after a backoff of 0.1 s doubling to 1 s, without end; a watch that went
+  silent (a frozen connection) is cut after :data:`~maitred.operator.timing.WATCH_CLIENT_TIMEOUT_S`.
 
 The cache holds a slim copy of each pod (:func:`slim_pod`: the fields the routing table and the status
 read), and calls `on_change(namespace, name, labels)` for every pod that was added, changed or removed

@@ -8,11 +8,20 @@ The faults, and what bounds the operator's answer to each (all times in seconds)
   up to 21 s behind, then gave up on the request). A reconcile that failed on the network is retried after
   0.2 s doubling to :data:`TRANSIENT_RETRY_CAP_S`; every pool is reconciled again every
   :data:`RESYNC_S` anyway, and the pod cache is listed again every :data:`RELIST_S`.
+- **A connection freezes** (half-open: no data, no FIN or RST, as when a NAT entry or a load balancer
+  drops it). The API server ends each watch after :data:`WATCH_SERVER_TIMEOUT_S` and the operator then
+  watches again from where it was; a watch still open after :data:`WATCH_CLIENT_TIMEOUT_S` is dead, so it
+  is cut and replaced on a new connection, and every pooled connection is dropped with it. A plain
+  request that gets no byte for :data:`READ_TIMEOUT_S` is tried once more on a new connection. TCP
+  keep-alive (:func:`keepalive_socket`) finds a peer that vanished within about
+  :data:`KEEPALIVE_IDLE_S` + :data:`KEEPALIVE_PROBES` x :data:`KEEPALIVE_INTERVAL_S` even on a connection
+  that is idle.
 """
 
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Iterator
 
 #: Backoff between retries of a failed request or watch: from the first, doubling, to the cap, forever.
@@ -48,10 +57,57 @@ class Backoff:
 
 #: The pod cache is listed again this often, whatever its watch said.
 RELIST_S = 300.0
-#: The page size of every LIST, so that each request stays small.
+#: The page size of every LIST, so that each request stays small and well within its timeout.
 LIST_CHUNK = 500
 
+#: A watch's timeoutSeconds: the API server ends the watch then, and the operator watches again from the
+#: last resourceVersion it saw (the API server sends a bookmark 2 s before the end, so that one is current).
+WATCH_SERVER_TIMEOUT_S = 6
+#: A watch still open this long after it started has stopped hearing from the API server: it is cut.
+WATCH_CLIENT_TIMEOUT_S = 10.0
+#: To open a TCP connection (and the TLS handshake) to the API server.
+CONNECT_TIMEOUT_S = 3.0
+#: A plain request that receives no byte for this long is given up (and tried once more on a new connection).
+READ_TIMEOUT_S = 5.0
+#: A plain request, in all (the operator's reads and writes are single objects; lists come in pages).
+REQUEST_TIMEOUT_S = 20.0
+#: One of kopf's own requests, in all: they are small (peering keep-alives, pages of LIST_CHUNK objects), and
+#: a request stuck on a frozen connection must be tried again soon.
+KOPF_REQUEST_TIMEOUT_S = 5.0
+#: TCP keep-alive on every connection to the API server: the first probe after this much silence...
+KEEPALIVE_IDLE_S = 5
+#: ...then one probe every this many seconds...
+KEEPALIVE_INTERVAL_S = 2
+#: ...and the connection is dead after this many unanswered probes.
+KEEPALIVE_PROBES = 3
+#: Data sent but not acknowledged for this long (ms) ends the connection too (TCP_USER_TIMEOUT).
+TCP_USER_TIMEOUT_MS = 10_000
+
+
+def keepalive_socket(addr_info) -> socket.socket:
+    """A TCP socket with keep-alive probes and a user timeout (aiohttp's ``socket_factory``).
+
+    `addr_info` is one entry of :func:`socket.getaddrinfo`. Options the platform lacks are left out.
+    """
+    family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES), ("TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_MS)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    return sock
+
+
 def configure_kopf(settings) -> None:
-    """Set kopf's backoffs to the values above (`settings`: kopf.OperatorSettings)."""
+    """Set kopf's timeouts and backoffs to the values above (`settings`: kopf.OperatorSettings)."""
     settings.networking.error_backoffs = Backoff()
     settings.watching.reconnect_backoff = RETRY_FIRST_S
+    settings.networking.request_timeout = KOPF_REQUEST_TIMEOUT_S
+    settings.networking.connect_timeout = CONNECT_TIMEOUT_S
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
+    settings.watching.connect_timeout = CONNECT_TIMEOUT_S
+    settings.watching.inactivity_timeout = WATCH_CLIENT_TIMEOUT_S
+    settings.watching.chunk_size = LIST_CHUNK

@@ -3,7 +3,8 @@
 - ``crds`` (session): the AIServicePool and kopf peering CRDs, applied with kubectl;
 - ``pools``: reads and writes of the test namespace's pools (``operator_harness.Pools``);
 - ``operator``: a running ``maitred operator --namespace <test namespace>`` with peering;
-  ``start_operator(**kwargs)`` starts more (all stopped after the test);
+  ``start_operator(via=None, **kwargs)`` starts more (all stopped after the test; `via`: another
+  kubeconfig, e.g. one through a proxy);
 - ``replicas_kubelet``: the test kubelet for every pod of the namespace but the routers' (which
   the tests run locally instead, as ``start_router``);
 - ``start_router(pool)``: ``maitred router --configmap <ns>/<pool>-routing`` on a loopback address.
@@ -45,8 +46,9 @@ def pools(crds, k8s_api, kubectl, namespace) -> Pools:
 def start_operator(crds, kubeconfig, namespace, tmp_path):
     started: list[OperatorProcess] = []
 
-    def start(**kwargs) -> OperatorProcess:
-        proc = OperatorProcess(kubeconfig, namespace, tmp_path / f"operator-{len(started)}.log", **kwargs)
+    def start(via: str | None = None, **kwargs) -> OperatorProcess:
+        """Start an operator (`via`: another kubeconfig to reach the API server with, e.g. through a proxy)."""
+        proc = OperatorProcess(via or kubeconfig, namespace, tmp_path / f"operator-{len(started)}.log", **kwargs)
         started.append(proc)
         return proc.start()
 

@@ -91,6 +91,16 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def kubeconfig_via(kubeconfig: str, address: str, path: Path) -> str:
+    """A copy of `kubeconfig` at `path` that reaches the API server at `address` (host:port, e.g. a proxy)."""
+    config = yaml.safe_load(Path(kubeconfig).read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://{address}"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return str(path)
+
+
 class RouterProcess:
     """``maitred router --configmap NS/NAME`` on a fresh loopback address."""
 
