@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -429,3 +430,35 @@ def machine() -> dict:
         pass
     return {"cpu": model, "cores": os.cpu_count(), "kernel": os.uname().release, "python": sys.version.split()[0],
             "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every `period_s` seconds in a daemon thread while in a `with` block.
+
+    `summary()` gives {"min", "mean", "max", "samples"}: how busy the machine was with other work too
+    (on 2 cores, a benchmark alone brings it to about 2-3).
+    """
+
+    def __init__(self, period_s: float = 10.0) -> None:
+        self.period_s, self.samples = period_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadSampler":
+        self.samples.append(os.getloadavg()[0])
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+    def summary(self) -> dict:
+        values = self.samples or [os.getloadavg()[0]]
+        return {"min": round(min(values), 2), "mean": round(sum(values) / len(values), 2),
+                "max": round(max(values), 2), "samples": len(values)}
+

@@ -39,9 +39,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import (HOST, SMALL_CHAT, STREAM_COMPLETION, backend_conf, big_chat, check_path, machine,  # noqa: E402
+from harness import (HOST, SMALL_CHAT, STREAM_COMPLETION, LoadSampler, backend_conf, big_chat,  # noqa: E402
+                     check_path, machine,
                      keep_best, tree_cpu_s, wait_http, wrk, wrk_retried, write_lua)
-from peers import maitred_has_workers, start_maitred  # noqa: E402
+from peers import _load, maitred_has_workers, start_maitred  # noqa: E402
 
 from maitred.cli.processes import ProcessGroup, free_port  # noqa: E402
 
@@ -119,9 +120,10 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "seconds_per_run": args.seconds,
             "rounds": args.rounds, "versions": versions, "baseline": BASELINE}
     workdir = Path(tempfile.mkdtemp(prefix="maitred-stack-"))
-    with ProcessGroup(workdir) as procs:
+    with ProcessGroup(workdir) as procs, LoadSampler() as load:
         rows = run_all(procs, workdir, args.seconds, args.rounds)
     meta["loadavg_end"] = machine()["loadavg"]
+    meta["load_1min_during_run"] = load.summary()
     write_results(args.out, meta, rows)
 
 
@@ -227,7 +229,8 @@ def write_results(out: Path, meta: dict, rows: dict) -> None:
         "# ASGI server and upstream client, as a bare proxy",
         "",
         f"{meta['date']}; {m['cores']} cores ({m['cpu']}), Python {m['python']}; load average at the start "
-        f"{m['loadavg']}, at the end {meta['loadavg_end']}. wrk, the NGINX backend and the proxy share the cores. "
+        f"{m['loadavg']}, at the end {meta['loadavg_end']}, 1-min load during the run {_load(meta)}. "
+        "wrk, the NGINX backend and the proxy share the cores. "
         f"{meta['seconds_per_run']:g} s per wrk run, best of {meta['rounds']} rounds. "
         f"uvicorn {v['uvicorn']} (httptools {v['httptools']}, uvloop {v['uvloop']}), granian {v['granian']}, "
         f"aiohttp {v['aiohttp']}, pyreqwest {v['pyreqwest']}. `python bench/http_stack.py`.",

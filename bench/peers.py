@@ -48,7 +48,8 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import (HOST, SMALL_CHAT, STREAM_COMPLETION, backend_conf, big_chat, check_path, machine,  # noqa: E402
+from harness import (HOST, SMALL_CHAT, STREAM_COMPLETION, LoadSampler, backend_conf, big_chat,  # noqa: E402
+                     check_path, machine,
                      open_streams, proxy_conf, tree_cpu_s, tree_pss_bytes, tree_rss_bytes, wait_http, wrk,
                      wrk_retried, keep_best, write_lua)
 from peer_routers import (PEER_VERSIONS, ensure_peer_venv, start_sglang_router,  # noqa: E402
@@ -145,9 +146,10 @@ def main() -> None:
             "streams": streams, "open_rate_per_s": args.open_rate, "quick": args.quick, "versions": PEER_VERSIONS,
             "note": "wrk, the backend and the router share the machine's cores"}
     workdir = Path(tempfile.mkdtemp(prefix="maitred-peers-"))
-    with ProcessGroup(workdir) as procs:
+    with ProcessGroup(workdir) as procs, LoadSampler() as load:
         paths, capacity = run_all(procs, workdir, seconds, rounds, streams, args.open_rate, has_workers, notes, args.parts)
     meta["loadavg_end"] = machine()["loadavg"]
+    meta["load_1min_during_run"] = load.summary()
     write_results(args.out, meta, paths, capacity, notes)
 
 
@@ -293,6 +295,11 @@ def _fmt(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _load(meta: dict) -> str:
+    load = meta.get("load_1min_during_run") or {}
+    return f"{load.get('min')}..{load.get('max')} (mean {load.get('mean')})" if load else "not sampled"
+
+
 def render_md(meta: dict, notes: list[str], paths: dict, capacity: dict, derived: dict) -> str:
     m = meta["machine"]
     cols = [c for c in ("direct", "nginx", "maitred-w1", "maitred-w2", "vllm-router", "sglang-router")
@@ -304,7 +311,8 @@ def render_md(meta: dict, notes: list[str], paths: dict, capacity: dict, derived
         f"{meta['versions']['sglang-router']}",
         "",
         f"{meta['date']}; {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}; "
-        f"load average at the start {m['loadavg']}, at the end {meta['loadavg_end']} (1, 5, 15 min). "
+        f"load average at the start {m['loadavg']}, at the end {meta['loadavg_end']} (1, 5, 15 min), 1-min load "
+        f"during the run {_load(meta)}. "
         f"wrk, the NGINX backend and the router share the cores. {meta['seconds_per_run']:g} s per wrk run, best of "
         f"{meta['rounds']} rounds; streams opened at {meta['open_rate_per_s']:g}/s"
         f"{' (quick run)' if meta['quick'] else ''}. `python bench/peers.py`.",
