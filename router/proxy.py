@@ -450,6 +450,18 @@ def _request_id(scope: Scope) -> bytes:
     return b"%024x" % _ids.getrandbits(96)
 
 
+def _header_text(value: bytes) -> str:
+    """A header value as text that aiohttp, which writes header text as UTF-8, sends as the client's bytes.
+
+    Latin-1 for a value that is not UTF-8 (its bytes 0x80-0xff then go out as two bytes each; aiohttp
+    takes no bytes). Decoding every value as latin-1 garbled each non-ASCII UTF-8 one ("é" arrived as "Ã©").
+    """
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def _upstream_headers(scope: Scope, request_id: bytes) -> list[tuple[str, str]]:
     """The client's headers less hop-by-hop ones, with x-request-id and x-forwarded-for added."""
     headers = []
@@ -463,7 +475,7 @@ def _upstream_headers(scope: Scope, request_id: bytes) -> list[tuple[str, str]]:
         elif key == b"x-forwarded-for":
             forwarded_for = value.decode("latin-1")
             continue
-        headers.append((key.decode("latin-1"), value.decode("latin-1")))
+        headers.append((key.decode("latin-1"), _header_text(value)))
     if not has_id:
         headers.append(("x-request-id", request_id.decode("latin-1")))
     client = scope.get("client")
