@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,8 +24,10 @@ def operator_command(
     standalone: Annotated[bool, typer.Option("--standalone", help="No peering: for a single replica, or"
                                              " when the peering CRDs are not installed.")] = False,
     priority: Annotated[Optional[int], typer.Option(help="Peering priority: the live replica with the highest"
-                                                    " acts, the others wait. Default: random, so that"
-                                                    " replicas never tie (a tie pauses them all).")] = None,
+                                                    " acts, the others wait. Default: from the start time"
+                                                    " (ms x 1000 + random 0..999), so the replica started"
+                                                    " last acts and replicas never tie (a tie pauses them"
+                                                    " all).")] = None,
     liveness: Annotated[Optional[str], typer.Option(help="Serve a liveness probe, e.g."
                                                     " http://0.0.0.0:8081/healthz.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -43,6 +44,7 @@ def operator_command(
     import kopf  # here: `maitred --help` should not pay for importing kopf
 
     from maitred.operator import handlers  # noqa: F401  (registers the handlers)
+    from maitred.operator.timing import newest_wins_priority
 
     namespaces = list(namespace or ())
     try:
@@ -57,7 +59,7 @@ def operator_command(
         namespaces=namespaces,
         standalone=standalone,
         peering_name=None if standalone else peering,
-        priority=priority if priority is not None else random.randint(1, 1_000_000),
+        priority=priority if priority is not None else newest_wins_priority(),
         liveness_endpoint=liveness,
         memo=memo,
     )

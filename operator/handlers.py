@@ -6,7 +6,7 @@
   relabelled out of a selector must leave the table);
 - a child's deletion kicks its owner, which writes it again.
 
-kopf's timeouts and backoffs are set at start-up (:mod:`maitred.operator.timing`), and
+kopf's timeouts, backoffs and peering lifetime are set at start-up (:mod:`maitred.operator.timing`), and
 its HTTP session is the operator's own, with TCP keep-alive (:func:`login`).
 
 The children depend on the pool's spec alone, so a worker writes them when the spec's generation (or
@@ -115,8 +115,11 @@ async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
     """
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if memo.get("standing") is not None and not await memo.standing.may_act(namespace):
-        log.info("pool %s: another operator replica acts; standing by", worker.key)
+        log.log(logging.DEBUG if worker.standing_by else logging.INFO,
+                "pool %s: another operator replica acts; standing by", worker.key)
+        worker.standing_by = True
         return True
+    worker.standing_by = False
     await memo.pods.wait_synced(namespace)  # the pods listed once (at start-up)
     body = await memo.kube.get(object_path(models.API_VERSION, models.KIND, namespace, name))
     if body is None or body["metadata"].get("uid") != worker.body["metadata"].get("uid"):

@@ -51,6 +51,7 @@ class PoolWorker:
         self.children_requests = 0  # bumped by each kick that asks for the children to be written again
         self.known_table = None  # (JSON, RoutingTable) of the table last seen in force, not to parse it again
         self.resync_s = RESYNC_S  # reconciled again after this long with no kick (give or take 10 %)
+        self.standing_by = False  # the last reconcile found another replica acting (said once, not per kick)
         self._reconcile = reconcile
         self._kicked = asyncio.Event()
         self._task: asyncio.Task | None = None

@@ -87,6 +87,16 @@ class OperatorProcess:
         self.proc = None
         return code
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to leave the peering object."""
+        if self.proc is not None:
+            procs.kill(self.proc)
+            self.proc = None
+
+    def restart(self, timeout_s: float = 30.0) -> "OperatorProcess":
+        """Start the same command again (same priority flag, log appended): a restart in place."""
+        return self.start(timeout_s)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
