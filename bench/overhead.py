@@ -118,7 +118,8 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, has_nginx: bool)
                                      "healthCheck": {"path": "/health", "periodSeconds": 30}}))
         routers[("maitred", name)] = free_port(HOST)
         procs.maitred(f"maitred-{name}", "router", "--table", str(table), "--host", HOST,
-                      "--port", str(routers[("maitred", name)]), "--no-access-log", "--log-level", "warning")
+                      "--port", str(routers[("maitred", name)]), "--no-access-log", "--log-level", "warning",
+                      "--admin-port", "0")  # no admin port: two routers run at once, 9091 would be shared
     if has_nginx:
         proxy_ports = {name: (free_port(HOST), port) for name, port in backends.items()}
         for name, (port, _) in proxy_ports.items():

@@ -48,15 +48,16 @@ def run_demo(requests: int, concurrency: int, seed: int) -> None:
         workdir = Path(tmp)
         urls = _start_replicas(procs)
         table_path = workdir / "table.json"
-        router_port = free_port(HOST)
+        router_port, admin_port = free_port(HOST), free_port(HOST)
         _write_table(table_path, urls, "round-robin", version=1)
         procs.maitred("router", "router", "--table", str(table_path), "--host", HOST, "--port", str(router_port),
-                      "--log-level", "warning")
-        router_url = f"http://{HOST}:{router_port}"
+                      "--admin-port", str(admin_port), "--log-level", "warning")
+        router_url, admin_url = f"http://{HOST}:{router_port}", f"http://{HOST}:{admin_port}"
         wait_until_up(router_url + "/readyz")
         console.print(f"[bold]maitred demo[/]: replicas {', '.join(f'{n} ({s:g}x speed)' for n, s in REPLICAS.items())}"
-                      f", router at {router_url}")
-        results = asyncio.run(_run(router_url, table_path, urls, requests, concurrency, seed, procs, console))
+                      f", router at {router_url} (metrics at {admin_url}/metrics)")
+        results = asyncio.run(_run(router_url, admin_url, table_path, urls, requests, concurrency, seed, procs,
+                                   console))
         console.print(_method_table(results))
         console.print(_failover_table(results["failover"], results["killed_at"]))
 
@@ -84,29 +85,29 @@ def _write_table(path: Path, urls: dict[str, str], method: str, version: int) ->
     os.replace(tmp, path)
 
 
-async def _wait_for_version(router_url: str, version: int) -> None:
+async def _wait_for_version(admin_url: str, version: int) -> None:
     async with httpx.AsyncClient() as http:
         for _ in range(100):
-            table = (await http.get(router_url + "/debug/table")).json()["table"]
+            table = (await http.get(admin_url + "/debug/table")).json()["table"]
             if table and table["version"] == version:
                 return
             await asyncio.sleep(0.05)
     raise RuntimeError(f"the router did not load table version {version}")
 
 
-async def _run(router_url, table_path, urls, requests, concurrency, seed, procs, console) -> dict:
+async def _run(router_url, admin_url, table_path, urls, requests, concurrency, seed, procs, console) -> dict:
     client = openai.AsyncOpenAI(base_url=router_url + "/v1", api_key="demo", max_retries=0, timeout=60)
     results: dict = {}
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         for version, method in enumerate(METHODS, start=2):
             _write_table(table_path, urls, method, version)
-            await _wait_for_version(router_url, version)
+            await _wait_for_version(admin_url, version)
             await _reset_caches(urls)
             task = progress.add_task(method, total=requests)
             results[method] = await _load(client, seed, requests, concurrency, lambda: progress.advance(task))
         _write_table(table_path, urls, "least-connections", len(METHODS) + 2)
-        await _wait_for_version(router_url, len(METHODS) + 2)
+        await _wait_for_version(admin_url, len(METHODS) + 2)
         task = progress.add_task("failover (kill a)", total=requests)
         done = 0
         killed_at = float("inf")

@@ -2,6 +2,11 @@
 
 Control paths: `/healthz` (alive), `/readyz` (a table with a live endpoint is loaded), `/metrics`
 (Prometheus), `/debug/table` (the table and each endpoint's state), and `GET /v1/models`.
+
+With an admin port (`--admin-port`, as Envoy keeps its admin interface apart), `/metrics` and
+`/debug/table` are served there only, so that a Service or load balancer in front of the traffic
+port never exposes them: the traffic port answers them 404, and the admin port serves nothing but
+them, `/healthz` and `/readyz`. Both ports are sockets of one server; a request's port tells them apart.
 """
 
 from __future__ import annotations
@@ -19,31 +24,48 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maitred.router.asgi import Receive, Scope, Send
 from maitred.router.core import Router
-from maitred.router.errors import error_body
+from maitred.router.errors import error_body, send_error
 from maitred.router.proxy import Proxy
 
 #: A table source: a coroutine that feeds tables to the router until cancelled.
 TableSource = Callable[[Router], Awaitable[None]]
+#: With an admin port: the paths served there and not on the traffic port.
+ADMIN_ONLY = frozenset({"/metrics", "/debug/table"})
+#: With an admin port: everything it serves.
+ADMIN_PATHS = ADMIN_ONLY | {"/healthz", "/readyz"}
 
 
-def create_app(router: Router, source: TableSource | None = None, checks: bool = True):
+def create_app(router: Router, source: TableSource | None = None, checks: bool = True,
+               admin_port: int | None = None):
     """The ASGI app for `router`; `source` runs for the app's lifetime (e.g. a file watcher).
 
     `checks`: run the health checks and load scrapes in this process (a worker of a multi-process
-    router leaves them to its supervisor, which shares their verdicts).
+    router leaves them to its supervisor, which shares their verdicts). `admin_port`: the port whose
+    requests get `ADMIN_PATHS` (and only those); None: every path on every port.
     """
     control = _control_app(router, source, checks)
     proxy = Proxy(router)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/") and not (
-            scope["method"] in ("GET", "HEAD") and scope["path"] == "/v1/models"
-        ):
-            await proxy(scope, receive, send)
-        else:
-            await control(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if admin_port is not None and (scope.get("server") or (None, None))[1] == admin_port:
+                if path in ADMIN_PATHS:
+                    return await control(scope, receive, send)
+                return await _not_found(scope, send, "the admin port serves " + ", ".join(sorted(ADMIN_PATHS)))
+            if path.startswith("/v1/") and not (scope["method"] in ("GET", "HEAD") and path == "/v1/models"):
+                return await proxy(scope, receive, send)
+            if admin_port is not None and path in ADMIN_ONLY:
+                return await _not_found(scope, send, f"{path} is served on the router's admin port")
+        await control(scope, receive, send)
 
     return app
+
+
+async def _not_found(scope: Scope, send: Send, why: str) -> None:
+    """404 in OpenAI's format, as the control app answers a path it does not know."""
+    await send_error(send, 404, f"no route for {scope['method']} {scope['path']}: {why}", "invalid_request_error",
+                     "not_found")
 
 
 def _control_app(router: Router, source: TableSource | None, checks: bool) -> FastAPI:
@@ -64,6 +86,7 @@ def _control_app(router: Router, source: TableSource | None, checks: bool) -> Fa
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            router.metrics.flush()
             await router.close()
 
     app = FastAPI(title="maitred router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -83,6 +106,7 @@ def _control_app(router: Router, source: TableSource | None, checks: bool) -> Fa
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        router.metrics.before_scrape()
         return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/debug/table")

@@ -15,6 +15,11 @@ In-flight counts are released in `finally`, exactly once, whatever happens. An e
 consecutive-failure count is reset only by a response whose body completed: a stream cut off after
 its headers counts as a failure (and in `maitred_streams_broken`).
 
+What a request costs beyond forwarding it: its metrics (a few additions, see
+:mod:`maitred.router.metrics`), for an SSE stream a count of `data:` per chunk, and at the end a look
+for `usage` in the body's last few KiB or the stream's last two chunks (:mod:`maitred.router.usage`);
+bodies are never parsed or buffered for it.
+
 Upstream connections use :class:`UpstreamProtocol`, aiohttp's protocol made strict about what a
 pooled keep-alive connection may carry (see there).
 """
@@ -29,7 +34,6 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-import orjson
 from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
@@ -40,6 +44,7 @@ from maitred.router.endpoints import EndpointState, monotonic_s
 from maitred.router.errors import send_error, sse_error_event
 from maitred.router.health import describe
 from maitred.router.metrics import NO_ENDPOINT
+from maitred.router.usage import Usage, usage_of_body, usage_of_tail
 
 access_log = logging.getLogger("maitred.access")
 log = logging.getLogger("maitred.router.proxy")
@@ -59,15 +64,18 @@ _REQUEST_DROP = HOP_BY_HOP | {b"expect"}
 
 @dataclass(slots=True)
 class Outcome:
-    """What one request came to, for the access log and metrics."""
+    """What one request came to, for the access log and metrics (times in s, perf_counter)."""
 
     status: int = 0
     endpoint: str = NO_ENDPOINT
     attempts: int = 0
-    stream: bool = False
-    ttft_s: float | None = None
+    stream: bool = False  # the answer was an SSE stream
+    ttft_s: float | None = None  # streams only: arrival to the first chunk
+    itl_s: float | None = None  # streams of 2+ tokens: mean time per token after the first
     error: str | None = None
     started: float = 0.0
+    bytes: int = 0  # body bytes sent to the client (the router's own errors not counted)
+    usage: Usage | None = None
 
 
 @dataclass(slots=True)
@@ -167,12 +175,14 @@ class Proxy:
     def __init__(self, router) -> None:  # router: maitred.router.core.Router (import cycle avoided)
         self.router = router
         self._session: aiohttp.ClientSession | None = None  # the router's session, once strict (UpstreamProtocol)
+        self._active = 0  # requests in this process, for when metrics are flushed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = _request_id(scope)
         outcome = Outcome(started=started)
         model = None
+        self._active += 1
         try:
             request = await admit(scope, receive, self.router.max_body_bytes, self.router.endpoints.table)
             model = request.model
@@ -185,6 +195,7 @@ class Proxy:
         except ClientGone:
             outcome.status, outcome.error = 499, "client disconnected"
         finally:
+            self._active -= 1
             self._log(scope, request_id, model, outcome, time.perf_counter() - started)
 
     async def _forward_until_disconnect(self, scope, receive, send, body, parsed, request_id, outcome) -> None:
@@ -359,25 +370,40 @@ class Proxy:
             return _Retry(reason, "upstream_reset")
         if answered:
             health.request_succeeded(endpoint)
-        self._observe(endpoint, sent_at, outcome)
+        self._observe(endpoint, sent_at)
+        outcome.bytes = len(data)
+        if 200 <= resp.status < 300:
+            outcome.usage = usage_of_body(data)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
         self._record(endpoint, sent_at)
         return None
 
     async def _relay_stream(self, resp, endpoint, headers, send, sent_at, outcome, answered) -> None:
-        """A streamed response: pass each chunk on as it arrives; on failure end SSE with an error event."""
-        outcome.stream = True
-        is_sse = (resp.content_type or "").startswith("text/event-stream")
+        """A streamed response: pass each chunk on as it arrives; on failure end SSE with an error event.
+
+        Of an SSE stream, the time to its first chunk is its TTFT, and its inter-token latency is
+        (last chunk - first chunk) / (tokens - 1), the tokens being the usage's completion tokens,
+        else the `data:` events less `[DONE]`.
+        """
+        outcome.stream = is_sse = (resp.content_type or "").startswith("text/event-stream")
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        first = True
+        first_at = 0.0
+        events = sent = 0
+        previous = last = b""
         try:
             async for chunk in resp.content.iter_any():
-                if first:
-                    self._observe(endpoint, sent_at, outcome)
-                    first = False
+                if not first_at:
+                    first_at = self._observe(endpoint, sent_at)
+                    if is_sse:
+                        outcome.ttft_s = first_at - outcome.started
+                if is_sse:
+                    events += chunk.count(b"data:")
+                sent += len(chunk)
+                previous, last = last, chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
+            outcome.bytes = sent
             if isinstance(exc, TimeoutError):
                 kind, code, reason = "timeout", "upstream_timeout", "idle timeout: no data from the endpoint"
             elif isinstance(exc, MalformedBody):
@@ -395,19 +421,28 @@ class Proxy:
             message = f"the stream from endpoint {endpoint.id} broke after it had started: {reason}"
             await send({"type": "http.response.body", "body": sse_error_event(message, code), "more_body": False})
             return
+        ended = time.perf_counter()
         if answered:
             self.router.health.request_succeeded(endpoint)
+        outcome.bytes = sent
+        if 200 <= resp.status < 300 and first_at:
+            usage = outcome.usage = usage_of_tail(previous, last)
+            if is_sse:
+                tokens = usage.completion if usage is not None and usage.completion else (
+                    events - (b"[DONE]" in last or b"[DONE]" in previous))
+                if tokens >= 2:
+                    outcome.itl_s = (ended - first_at) / (tokens - 1)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._record(endpoint, sent_at)
 
-    def _observe(self, endpoint: EndpointState, sent_at: float, outcome: Outcome) -> None:
+    def _observe(self, endpoint: EndpointState, sent_at: float) -> float:
+        """The endpoint's first byte is here: its latency for the balancers. Returns now (perf_counter, s)."""
         now = time.perf_counter()
         endpoint.observe_latency((now - sent_at) * 1000.0, monotonic_s())
-        outcome.ttft_s = now - outcome.started
+        return now
 
     def _record(self, endpoint: EndpointState, sent_at: float) -> None:
-        metrics = self.router.metrics
-        metrics.upstream_latency.labels(endpoint.id).observe(time.perf_counter() - sent_at)
+        self.router.metrics.record_upstream(endpoint.id, time.perf_counter() - sent_at)
 
     async def _fail(self, send, status, reason, code, request_id, outcome) -> None:
         outcome.status, outcome.error = status, reason
@@ -415,19 +450,28 @@ class Proxy:
                          request_id=request_id)
 
     def _log(self, scope, request_id: bytes, model, outcome: Outcome, duration_s: float) -> None:
+        """Metrics, and the access line (never the prompt, the body or a header but the request id)."""
         metrics = self.router.metrics
-        metrics.requests.labels(outcome.endpoint, str(outcome.status)).inc()
-        ttft_ms = None
-        if outcome.ttft_s is not None:
-            metrics.ttft.labels(outcome.endpoint).observe(outcome.ttft_s)
-            ttft_ms = round(outcome.ttft_s * 1000.0, 2)
+        # The duration of requests that reached an endpoint and were answered (not of the router's own
+        # refusals, nor of clients that left).
+        answered = outcome.endpoint != NO_ENDPOINT and outcome.status != 499
+        metrics.record_request(outcome.endpoint, metrics.model_label(model), outcome.status,
+                               duration_s if answered else None, outcome.ttft_s, outcome.itl_s, outcome.usage)
+        metrics.maybe_flush(self._active)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(orjson.dumps({
+            usage = outcome.usage
+            access_log.info("%s %s %d", scope["method"], scope["path"], outcome.status, extra={"fields": {
                 "requestId": request_id.decode("latin-1"), "method": scope["method"], "path": scope["path"],
                 "model": model, "endpoint": outcome.endpoint, "status": outcome.status,
-                "attempts": outcome.attempts, "stream": outcome.stream, "ttftMs": ttft_ms,
-                "durationMs": round(duration_s * 1000.0, 2), "error": outcome.error,
-            }).decode())
+                "attempts": outcome.attempts, "stream": outcome.stream,
+                "ttftMs": None if outcome.ttft_s is None else round(outcome.ttft_s * 1000.0, 2),
+                "itlMs": None if outcome.itl_s is None else round(outcome.itl_s * 1000.0, 3),
+                "durationMs": round(duration_s * 1000.0, 2), "bytes": outcome.bytes,
+                "promptTokens": usage.prompt if usage else None,
+                "completionTokens": usage.completion if usage else None,
+                "cachedTokens": usage.cached if usage else None,
+                "error": outcome.error,
+            }})
 
 
 def _sheds_load(resp: aiohttp.ClientResponse) -> bool:

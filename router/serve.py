@@ -1,9 +1,10 @@
 """Serving the router's ASGI app with uvicorn: one process, or one worker of several.
 
-The options are the same in both cases; only the listening socket differs: a worker binds its own
+The options are the same in both cases; only the listening sockets differ: a worker binds its own
 with SO_REUSEPORT, so that the kernel spreads new connections evenly over the workers (a shared
 accept queue lets the least busy worker win every accept, and a burst of connections can all land on
-one of them).
+one of them). The traffic port and the admin port (if any) are served by the same uvicorn server;
+the app tells them apart by the port a request came in on.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ def uvicorn_config(app, log_level: str, drain_seconds: float) -> uvicorn.Config:
     # proxy_headers=False: the proxy appends the peer's address to X-Forwarded-For itself. With
     # uvicorn's default, a peer on 127.0.0.1 (a sidecar) had its X-Forwarded-For taken as the
     # client, so the router appended the client twice and lost the hop.
+    # log_config=None: uvicorn's lines go through the root logger, in the router's --log-format.
     return uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
                           server_header=False, date_header=False, log_level=log_level, backlog=4096,
-                          timeout_keep_alive=75, proxy_headers=False,
+                          timeout_keep_alive=75, proxy_headers=False, log_config=None,
                           timeout_graceful_shutdown=drain_seconds)
 
 
@@ -44,6 +46,6 @@ def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def serve(app, sock: socket.socket, log_level: str, drain_seconds: float) -> None:
-    """Run `app` on `sock` until SIGTERM or SIGINT, then drain open requests for at most `drain_seconds`."""
-    uvicorn.Server(uvicorn_config(app, log_level, drain_seconds)).run(sockets=[sock])
+def serve(app, socks: list[socket.socket], log_level: str, drain_seconds: float) -> None:
+    """Run `app` on `socks` until SIGTERM or SIGINT, then drain open requests for at most `drain_seconds`."""
+    uvicorn.Server(uvicorn_config(app, log_level, drain_seconds)).run(sockets=socks)

@@ -3,12 +3,13 @@
     supervisor ── table source (file or ConfigMap), health checks, load scrapes, worker restarts
         │  shared block (maitred.router.shared): in flight, health, latency, reported load
         │  table.json in the run folder + a generation counter: each table, once validated
-        ├── worker 0 ── uvicorn on host:port (SO_REUSEPORT), proxy, /metrics, /debug/table
+        ├── worker 0 ── uvicorn on host:port and host:admin_port (both SO_REUSEPORT): proxy; /metrics, /debug/table
         └── worker 1 ── ...
 
 Health checks and metric scrapes therefore happen once per router, not once per worker; every
 worker balances on the in-flight counts of all of them; any worker answers `/metrics` and
-`/debug/table` for the router as a whole (counters through prometheus-client's multiprocess mode).
+`/debug/table` on the admin port for the router as a whole (counters through prometheus-client's
+multiprocess mode).
 A table reaches every worker within `FOLLOW_PERIOD_S` of the supervisor applying it.
 
 A worker that dies is started again (its in-flight cells are cleared: its requests died with
@@ -60,6 +61,8 @@ class WorkerSpec:
     log_level: str
     access_log: bool
     drain_seconds: float
+    admin_port: int = 0  # 0: none (/metrics and /debug/table on the traffic port)
+    log_format: str = "text"
 
 
 def run(spec_args: dict, source_factory) -> int:
@@ -129,7 +132,7 @@ async def _supervise(spec: WorkerSpec, source) -> int:
                 if proc.exitcode is None:
                     continue
                 if proc.exitcode == EXIT_CANNOT_LISTEN:
-                    log.error("worker %d could not listen on %s:%d; stopping", i, spec.host, spec.port)
+                    log.error("worker %d could not listen on %s; stopping", i, _addresses(spec))
                     exit_code = 1
                     stop.set()
                     break
@@ -149,6 +152,11 @@ async def _supervise(spec: WorkerSpec, source) -> int:
         await router.close()
         shared.close()
     return exit_code
+
+
+def _addresses(spec: WorkerSpec) -> str:
+    ports = f"{spec.port} and {spec.admin_port}" if spec.admin_port else str(spec.port)
+    return f"{spec.host}:{ports}"
 
 
 def _start_worker(context, spec: WorkerSpec, index: int):
@@ -182,20 +190,23 @@ def worker_main(spec: WorkerSpec, index: int, supervisor_pid: int) -> None:
     from maitred.router.serve import listen_socket, serve
     from maitred.router.shared import SharedState
 
-    logging.basicConfig(level=spec.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s %(name)s [worker {index}]: %(message)s")
-    logging.getLogger("maitred.access").setLevel(logging.INFO if spec.access_log else logging.WARNING)
+    from maitred.router.cli import logging_setup
+
+    logging_setup(spec.log_level, spec.access_log, spec.log_format, static={"worker": index})
+    socks = []
     try:
-        sock = listen_socket(spec.host, spec.port, reuse_port=True)
+        for port in (spec.port, spec.admin_port) if spec.admin_port else (spec.port,):
+            socks.append(listen_socket(spec.host, port, reuse_port=True))
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", spec.host, spec.port, exc.strerror or exc)
+        log.error("cannot listen on %s:%d: %s", spec.host, port, exc.strerror or exc)
         raise SystemExit(EXIT_CANNOT_LISTEN) from None
     shared = SharedState(Path(spec.run_dir) / STATE_FILE, spec.workers, spec.slots)
     shared.clear_worker(index)
     shared.set_worker_status(index, pid=os.getpid(), table_version=-1, applied_at_ns=0, table_generation=-1)
     router = Router(max_body_bytes=spec.max_body_bytes, shared=shared, worker=index)
     source = functools.partial(follow_tables, Path(spec.run_dir), supervisor_pid=supervisor_pid)
-    serve(create_app(router, source=source, checks=False), sock, spec.log_level, spec.drain_seconds)
+    serve(create_app(router, source=source, checks=False, admin_port=spec.admin_port or None), socks,
+          spec.log_level, spec.drain_seconds)
 
 
 async def follow_tables(run_dir: Path, router, supervisor_pid: int) -> None:

@@ -118,6 +118,7 @@ class RouterProcess:
         self.port = 8080
         self.host = ADDRESSES.take(self.port)
         self.url = f"http://{self.host}:{self.port}"
+        self.admin_url = f"http://{self.host}:9091"  # the router's default --admin-port: /debug/table
         self.log_path = log_path
         self.argv = [*MAITRED, "router", "--configmap", configmap, "--kubeconfig", kubeconfig,
                      "--host", self.host, "--port", str(self.port), "--no-access-log"]
@@ -137,7 +138,7 @@ class RouterProcess:
 
     def debug(self) -> dict:
         """The router's /debug/table: {"table", "tableError", "endpoints"}."""
-        return httpx.get(f"{self.url}/debug/table", timeout=2).json()
+        return httpx.get(f"{self.admin_url}/debug/table", timeout=2).json()
 
     def table_version(self) -> int | None:
         table = self.debug()["table"]

@@ -171,12 +171,16 @@ class SimProcess:
 
 
 class RouterProcess:
-    """`maitred router --table FILE` on a fresh 127.0.0.x address."""
+    """`maitred router --table FILE` on a fresh 127.0.0.x address, with its admin port (/metrics,
+    /debug/table) on another free port of it: `client` talks to the traffic port, `admin` to the admin port."""
 
     def __init__(self, table: dict, work_dir: Path, extra_args: list[str] = (), table_path: Path | None = None) -> None:
         """`table_path`: a table file the test laid out itself (else `table` is written to work_dir/table.json)."""
         self.host = next_host()
         self.port = free_port(self.host)
+        self.admin_port = free_port(self.host)
+        while self.admin_port == self.port:
+            self.admin_port = free_port(self.host)
         self.table_path = table_path or work_dir / "table.json"
         self.table = dict(table)
         self.table.setdefault("version", 1)
@@ -186,14 +190,23 @@ class RouterProcess:
         self._log = open(self.log_path, "wb")
         if "--workers" not in extra_args:
             extra_args = ["--workers", str(ROUTER_WORKERS), *extra_args]
+        if "--admin-port" not in extra_args:
+            extra_args = ["--admin-port", str(self.admin_port), *extra_args]
+        else:  # the test's own; 0: none, and /metrics and /debug/table are on the traffic port
+            self.admin_port = int(extra_args[list(extra_args).index("--admin-port") + 1]) or self.port
         args = ["maitred", "router", "--table", str(self.table_path), "--host", self.host, "--port", str(self.port),
                 "--no-access-log", "--log-level", "warning", *extra_args]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
+        self.admin = httpx.Client(base_url=self.admin_url, timeout=30, trust_env=False)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Block until the router answers /healthz and has applied its first table."""
@@ -210,16 +223,20 @@ class RouterProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def debug(self) -> dict:
-        """GET /debug/table."""
-        return self.client.get("/debug/table").json()
+        """GET /debug/table (admin port)."""
+        return self.admin.get("/debug/table").json()
 
     def endpoints(self) -> dict[str, dict]:
         """Per-endpoint state from /debug/table, by id."""
         return {e["id"]: e for e in self.debug()["endpoints"]}
 
+    def metrics_text(self) -> str:
+        """GET /metrics (admin port), as Prometheus reads it."""
+        return self.admin.get("/metrics").text
+
     def metrics(self) -> dict[tuple[str, tuple], float]:
-        """GET /metrics, parsed: {(name, ((label, value), ...)): value}."""
-        return parse_metrics(self.client.get("/metrics").text)
+        """GET /metrics (admin port), parsed: {(name, ((label, value), ...)): value}."""
+        return parse_metrics(self.metrics_text())
 
     def wait_version(self, version: int, timeout_s: float = 10.0) -> None:
         """Block until /debug/table shows table `version` in force (in every worker, if there are several)."""
@@ -245,6 +262,7 @@ class RouterProcess:
 
     def stop(self) -> None:
         self.client.close()
+        self.admin.close()
         stop_group(self.proc)
         self._log.close()
 

@@ -9,9 +9,9 @@ from router_harness import metric, run_load, table, wait_for
 
 
 def in_flight_everywhere(r) -> dict[str, tuple[int, float]]:
-    """{endpoint: (/debug/table inFlight, /metrics maitred_in_flight)}."""
+    """{endpoint: (/debug/table inFlight, /metrics maitred_requests_in_flight)}."""
     metrics = r.metrics()
-    return {i: (e["inFlight"], metric(metrics, "maitred_in_flight", endpoint=i)) for i, e in r.endpoints().items()}
+    return {i: (e["inFlight"], metric(metrics, "maitred_requests_in_flight", endpoint=i)) for i, e in r.endpoints().items()}
 
 
 def test_in_flight_returns_to_zero_after_resets_and_the_recovered_replica_takes_its_share(backends, router):

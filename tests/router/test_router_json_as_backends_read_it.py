@@ -31,7 +31,7 @@ def test_a_lone_surrogate_escape_is_valid_json_and_reaches_the_backend_byte_for_
 
 def test_a_model_name_with_a_lone_surrogate_is_forwarded_and_logged(raw_backends, router):
     (raw,) = raw_backends("raw")
-    r = router({**table([raw]), "models": []}, "--access-log", "--log-level", "info")
+    r = router({**table([raw]), "models": []}, "--access-log", "--log-level", "info", "--log-format", "json")
     body = b'{"model": "cut\\ud83d", "messages": []}'
     resp = r.client.post("/v1/chat/completions", content=body)
     assert resp.status_code == 200, resp.text

@@ -66,7 +66,7 @@ def test_a_malformed_chunk_mid_stream_ends_the_stream_at_once_and_frees_its_slot
     assert error["code"] == "upstream_protocol_error" and "malformed" in error["message"]
     wait_for(lambda: r.endpoints()["raw"]["inFlight"] == 0, 2, "in-flight to return to 0")
     metrics = r.metrics()
-    assert metric(metrics, "maitred_in_flight", endpoint="raw") == 0
+    assert metric(metrics, "maitred_requests_in_flight", endpoint="raw") == 0
     assert metric(metrics, "maitred_streams_broken_total", endpoint="raw", reason="malformed") == 1
 
 

@@ -109,5 +109,5 @@ def test_client_leaving_mid_stream_cancels_the_upstream_request(backends, router
     assert disconnects[0] - left < 1.0, f"upstream kept streaming {disconnects[0] - left:.2f} s after the client left"
     wait_for(lambda: r.endpoints()["a"]["inFlight"] == 0, 2, "in-flight to return to 0")
     metrics = r.metrics()
-    assert metric(metrics, "maitred_in_flight", endpoint="a") == 0
+    assert metric(metrics, "maitred_requests_in_flight", endpoint="a") == 0
     assert metric(metrics, "maitred_requests_total", endpoint="a", status="499") == 1  # "client closed request"

@@ -42,7 +42,7 @@ def test_in_flight_counts_the_open_requests_of_both_workers(backends, router):
                 return state["inFlight"] == 12 and state
 
             state = await asyncio.to_thread(wait_for, all_open, 6, "12 requests in flight")
-            in_metrics = metric(await asyncio.to_thread(r.metrics), "maitred_in_flight", endpoint="a")
+            in_metrics = metric(await asyncio.to_thread(r.metrics), "maitred_requests_in_flight", endpoint="a")
             statuses = await asyncio.gather(*tasks)
             return state, in_metrics, statuses
         finally:
@@ -53,7 +53,7 @@ def test_in_flight_counts_the_open_requests_of_both_workers(backends, router):
     by_worker = state["inFlightByWorker"]
     assert sum(by_worker) == 12 and min(by_worker) > 0, f"one worker took every connection: {by_worker}"
     assert statuses == [200] * 12
-    assert r.endpoints()["a"]["inFlight"] == 0 and metric(r.metrics(), "maitred_in_flight", endpoint="a") == 0
+    assert r.endpoints()["a"]["inFlight"] == 0 and metric(r.metrics(), "maitred_requests_in_flight", endpoint="a") == 0
     assert metric(r.metrics(), "maitred_requests_total", endpoint="a", status="200") == 12
 
 
