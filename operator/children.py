@@ -128,6 +128,13 @@ PRESTOP_PAUSE_S = 5
 STOP_MARGIN_S = 5
 #: Router worker processes when the pod names neither a CPU request nor a limit.
 DEFAULT_ROUTER_WORKERS = 2
+#: The router's admin port (/metrics, /debug/table): container port `admin`, never in the Service.
+ROUTER_ADMIN_PORT = 9091
+
+
+def router_admin_port(port: int) -> int:
+    """The admin port of a router whose traffic port is `port`: `ROUTER_ADMIN_PORT`, or the next if that is `port`."""
+    return ROUTER_ADMIN_PORT if port != ROUTER_ADMIN_PORT else ROUTER_ADMIN_PORT + 1
 
 
 def router_workers(resources) -> int:
@@ -160,6 +167,7 @@ def cpu_cores(quantity: int | str) -> float:
 def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE) -> dict:
     """The router Deployment ``<name>-router``: reads the table from the API, probes on /healthz and /readyz."""
     router = spec.router
+    admin_port = router_admin_port(router.port)
     container: dict[str, Any] = {
         "name": "router",
         "image": router.image or image,
@@ -167,8 +175,9 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
         "args": ["router", "--configmap", f"{pool.namespace}/{routing_configmap_name(pool.name)}",
                  "--host", "0.0.0.0", "--port", str(router.port),
                  "--workers", str(router.workers or router_workers(router.resources)),
-                 "--drain-seconds", str(router.drain_seconds)],
-        "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
+                 "--drain-seconds", str(router.drain_seconds), "--admin-port", str(admin_port)],
+        "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"},
+                  {"name": "admin", "containerPort": admin_port, "protocol": "TCP"}],
         # Alive as soon as it serves; ready only with a table that has a live endpoint.
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2},
