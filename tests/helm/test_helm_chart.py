@@ -19,7 +19,8 @@ DIGEST = "sha256:" + "ab" * 32
 def test_helm_lint_passes_with_default_and_other_values(helm):
     helm.run("lint", "--strict", str(CHART))
     helm.run("lint", "--strict", str(CHART), "--set", "replicaCount=2,watchNamespaces={ml,staging}",
-             "--set", "podDisruptionBudget.enabled=true,serviceMonitor.enabled=true")
+             "--set", "podDisruptionBudget.enabled=true,podMonitor.enabled=true",
+             "--set", "grafanaDashboard.enabled=true,prometheusRule.enabled=true")
 
 
 def test_default_install_is_one_operator_with_cluster_wide_rbac_and_the_crds(helm):
@@ -60,7 +61,7 @@ def test_other_values_reach_the_manifests(helm):
         "--set", "routerImage.repository=registry.example/router,routerImage.tag=1.2.3",
         "--set", "nodeSelector.pool=system,tolerations[0].key=dedicated,tolerations[0].operator=Exists",
         "--set", "resources.requests.cpu=200m,priorityClassName=system-cluster-critical",
-        "--set", "podDisruptionBudget.enabled=true,serviceMonitor.enabled=true,serviceMonitor.labels.release=prom",
+        "--set", "podDisruptionBudget.enabled=true,podMonitor.enabled=true,podMonitor.labels.release=prom",
         "--set", "peering.name=ops,imagePullSecrets[0].name=regcred", release="ml")
     deployment = one(docs, "Deployment", "ml-maitred-operator")
     pod = deployment["spec"]["template"]["spec"]
@@ -79,12 +80,9 @@ def test_other_values_reach_the_manifests(helm):
     assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
-    monitor = one(docs, "ServiceMonitor")
+    monitor = one(docs, "PodMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ml", "staging"]}
-    assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "maitred",
-                                                          "app.kubernetes.io/component": "router"}
-    assert monitor["spec"]["endpoints"][0]["port"] == "http" and monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
 def test_listed_namespaces_get_roles_and_no_cluster_wide_grant_on_their_objects(helm):
@@ -159,7 +157,9 @@ def test_chart_app_version_is_the_package_version(helm):
     (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy': value must be one of"),
     (["--set", "peering.enabled=maybe"], "at '/peering/enabled': got string, want boolean"),
     (["--set", "healthPort=70000"], "at '/healthPort': maximum: got 70,000, want 65,535"),
-    (["--set", "serviceMonitor.interval=soon"], "at '/serviceMonitor/interval': 'soon' does not match pattern"),
+    (["--set", "podMonitor.interval=soon"], "at '/podMonitor/interval': 'soon' does not match pattern"),
+    (["--set", "serviceMonitor.enabled=true"], "serviceMonitor is now podMonitor"),
+    (["--set", "prometheusRule.errorRatio=2"], "at '/prometheusRule/errorRatio'"),
     (["--set", "podDisruptionBudget.maxUnavailable=half"], "at '/podDisruptionBudget/maxUnavailable'"),
     (["--set", "nodeSelector.disk=1"], "at '/nodeSelector/disk': got number, want string"),
     (["--set", "replicaCount=2,peering.enabled=false"],
