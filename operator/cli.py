@@ -31,9 +31,18 @@ def operator_command(
     liveness: Annotated[Optional[str], typer.Option(help="Serve a liveness probe, e.g."
                                                     " http://0.0.0.0:8081/healthz.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[str, typer.Option(help="text (for people) or json (one object a line, for log"
+                                            " collectors).")] = "text",
 ) -> None:
     """Run the operator: pools' pods in, routing tables, routers and status out."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from maitred.cli import logs
+
+    if log_level.lower() not in logs.LEVELS:
+        raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(logs.LEVELS)}", param_hint="--log-level")
+    if log_format.lower() not in logs.FORMATS:
+        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(logs.FORMATS)}",
+                                 param_hint="--log-format")
+    logs.configure(log_level, log_format.lower())
     logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
     if log_level.lower() != "debug":  # kopf says "Handler 'pod_event' succeeded" for every pod event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

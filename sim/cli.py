@@ -48,6 +48,8 @@ def sim_command(
     unhealthy: Annotated[bool, typer.Option("--unhealthy", help="/health answers 503.",
                                             rich_help_panel=_FAULTS)] = False,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug or trace.")] = "info",
+    log_format: Annotated[str, typer.Option(help="text (for people) or json (one object a line, for log"
+                                            " collectors).")] = "text",
 ) -> None:
     """Run a simulated OpenAI/vLLM-compatible model server whose timing follows continuous batching.
 
@@ -83,7 +85,13 @@ def sim_command(
         # Named as the options are (the config's field names are the options' with dashes).
         problems = "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         raise typer.BadParameter(problems) from None
+    from maitred.cli import logs
+
+    if log_format.lower() not in logs.FORMATS:
+        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(logs.FORMATS)}",
+                                 param_hint="--log-format")
     # Imported here so that `maitred --help` does not load uvicorn and the app.
     from maitred.sim.serve import serve
 
-    serve(config)
+    logs.configure(config.log_level, log_format.lower())
+    serve(config, log_config=None)
