@@ -4,7 +4,8 @@ Per pool ``<name>``:
 
 - Deployment ``<name>`` of the pool's template (template mode only), with ``spec.replicas`` replicas;
 - ConfigMap ``<name>-routing``, key ``table.json``: the routing table;
-- Deployment and Service ``<name>-router``: ``maitred router --configmap <ns>/<name>-routing``;
+- Deployment and Service ``<name>-router``: ``maitred router --configmap <ns>/<name>-routing``, and a
+  PodDisruptionBudget ``<name>-router`` (maxUnavailable 1);
 - ServiceAccount, Role and RoleBinding ``<name>-router``: the router may read its one ConfigMap, nothing else.
 
 Every child carries an ownerReference to its pool (controller, blockOwnerDeletion), so that deleting the
@@ -240,8 +241,23 @@ def build_router_rbac(pool: PoolRef) -> list[dict]:
     ]
 
 
+def build_router_pdb(pool: PoolRef) -> dict:
+    """The PodDisruptionBudget ``<name>-router``: a node drain takes the pool's router pods one at a time.
+
+    maxUnavailable 1 rather than minAvailable: with one router pod (or none) it blocks no drain, and with
+    several it keeps all but one serving.
+    """
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(pool, router_name(pool.name), "router"),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _router_labels(pool)}},
+    }
+
+
 def build_children(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE) -> list[dict]:
     """Every child but the ConfigMap, in the order to apply them (RBAC before the pods that use it)."""
-    children = [*build_router_rbac(pool), build_router_deployment(pool, spec, image), build_service(pool, spec)]
+    children = [*build_router_rbac(pool), build_router_deployment(pool, spec, image), build_service(pool, spec),
+                build_router_pdb(pool)]
     deployment = build_deployment(pool, spec)
     return ([deployment] if deployment else []) + children

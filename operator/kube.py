@@ -40,7 +40,7 @@ RETRIED_METHODS = frozenset({"GET", "PATCH", "DELETE"})
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "ServiceAccount": "serviceaccounts",
             "Pod": "pods", "Event": "events", "Deployment": "deployments", "Role": "roles",
-            "RoleBinding": "rolebindings", models.KIND: models.PLURAL}
+            "RoleBinding": "rolebindings", "PodDisruptionBudget": "poddisruptionbudgets", models.KIND: models.PLURAL}
 
 
 class ApiError(Exception):

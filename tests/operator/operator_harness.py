@@ -240,6 +240,8 @@ class Pools:
             "ServiceAccount": self.core.list_namespaced_service_account(ns, label_selector=selector).items,
             "Role": rbac.list_namespaced_role(ns, label_selector=selector).items,
             "RoleBinding": rbac.list_namespaced_role_binding(ns, label_selector=selector).items,
+            "PodDisruptionBudget": client.PolicyV1Api(self.core.api_client).list_namespaced_pod_disruption_budget(
+                ns, label_selector=selector).items,
         }
         return {kind: {o.metadata.name: o.metadata.uid for o in objs} for kind, objs in found.items() if objs}
 

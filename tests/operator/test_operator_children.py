@@ -139,3 +139,10 @@ def test_the_router_may_read_its_own_configmap_and_nothing_else():
 
     assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["llama-routing"],
                               "verbs": ["get", "list", "watch"]}]
+
+
+def test_a_node_drain_takes_the_router_pods_one_at_a_time():
+    pdb = next(c for c in build_children(POOL, pool_spec(router={"replicas": 3})) if c["kind"] == "PodDisruptionBudget")
+    router = build_router_deployment(POOL, pool_spec(router={"replicas": 3}))
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == router["spec"]["selector"]["matchLabels"]

@@ -13,7 +13,8 @@ from operator_harness import template, wait_for
 pytestmark = pytest.mark.cluster
 
 ALL_CHILDREN = {"Deployment": ["llama", "llama-router"], "Service": ["llama-router"], "ConfigMap": ["llama-routing"],
-                "ServiceAccount": ["llama-router"], "Role": ["llama-router"], "RoleBinding": ["llama-router"]}
+                "ServiceAccount": ["llama-router"], "Role": ["llama-router"], "RoleBinding": ["llama-router"],
+                "PodDisruptionBudget": ["llama-router"]}
 
 
 def uids(pools, name: str) -> dict:
