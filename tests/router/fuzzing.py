@@ -182,10 +182,10 @@ MODEL = "test-model"  # as router_harness.MODEL (not imported: this module has n
 
 messages = st.lists(st.fixed_dictionaries(
     {}, optional={"role": st.sampled_from(("system", "developer", "user", "assistant", "tool", "", "System")),
-                  "content": st.one_of(texts(40), st.lists(st.fixed_dictionaries(
+                  "content": st.one_of(texts(30), st.lists(st.fixed_dictionaries(
                       {"type": st.sampled_from(("text", "image_url"))},
-                      optional={"text": texts(), "image_url": st.one_of(texts(), st.fixed_dictionaries(
-                          {"url": texts()}))}), max_size=3))}), max_size=4)
+                      optional={"text": texts(10), "image_url": st.one_of(texts(10), st.fixed_dictionaries(
+                          {"url": texts(10)}))}), max_size=2))}), max_size=3)
 
 
 @st.composite
@@ -195,8 +195,8 @@ def request_objects(draw) -> dict:
     if draw(st.booleans()):
         obj["messages"] = draw(messages)
     else:
-        obj["prompt"] = draw(st.one_of(texts(40), st.lists(st.integers(), max_size=5), st.lists(texts(5), max_size=3)))
-    for key, value in (("stream", st.booleans()), ("user", texts()), ("prompt_cache_key", texts()),
+        obj["prompt"] = draw(st.one_of(texts(30), st.lists(st.integers(), max_size=5), st.lists(texts(5), max_size=3)))
+    for key, value in (("stream", st.booleans()), ("user", texts(10)), ("prompt_cache_key", texts(10)),
                        ("max_tokens", st.integers(0, 10))):
         if draw(st.booleans()):
             obj[key] = draw(value)
@@ -207,6 +207,7 @@ def request_bodies() -> st.SearchStrategy[bytes]:
     """Request bodies: OpenAI-shaped JSON, any JSON, deep nesting, or any bytes (the tests mutate them further)."""
     return st.one_of(
         encoded(request_objects()), encoded(request_objects()), encoded(json_values(8)),
-        st.integers(1, 200_000).map(deep), st.integers(1, 3000).map(lambda d: b'{"model":' + deep(d)),
+        st.sampled_from((1, 2, 100, 1023, 1024, 1025, 5000, 100_000)).map(deep),
+        st.sampled_from((1, 1023, 1024, 3000)).map(lambda d: b'{"model":' + deep(d)),
         st.binary(max_size=200), st.just(b""),
     )

@@ -291,6 +291,37 @@ def verdict(status: int, headers: dict, body: bytes, method: str) -> str | None:
     return f"{status} from the router itself (x-maitred-error: {code}): {body[:300]!r}"
 
 
+#: Request headers the router does not pass on as they came (hop by hop, recomputed, or extended).
+NOT_PASSED = {b"host", b"content-length", b"transfer-encoding", b"expect", b"connection", b"keep-alive",
+              b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+              b"x-forwarded-for"}
+
+
+def not_forwarded(head: bytes, status: int, headers: dict, answer: bytes) -> str | None:
+    """For an answer of the backend's echo path (/v1/* but the model paths): a client header it did not get as
+    sent (None: all there). Values that are not UTF-8 are left out: aiohttp writes header text as UTF-8."""
+    if status != 200 or "x-maitred-endpoint" not in headers:
+        return None
+    try:
+        echo = json.loads(answer)
+    except ValueError:
+        return None
+    if not isinstance(echo, dict) or "sha256" not in echo:
+        return None
+    got = {(name, value) for name, value in echo["headers"]}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if not name or name.lower() in NOT_PASSED:
+            continue
+        try:
+            sent = (name.lower().decode(), value.strip(b" \t").decode())
+        except UnicodeDecodeError:
+            continue
+        if sent not in got:
+            return f"the backend did not get header {sent}; it got {sorted(got)}"
+    return None
+
+
 @pytest.fixture(scope="module")
 def fuzzed(module_fleet):
     """A router (session-affinity, access log on, 64 KiB body limit) in front of one backend."""
@@ -333,7 +364,7 @@ def test_fuzzed_requests_get_an_answer_and_never_a_5xx_of_the_routers_own(fuzzed
     except NoAnswer as exc:
         raise AssertionError(f"{exc}: {what}") from None
     OUTCOMES[(status, headers.get("x-maitred-error") or ("backend" if "x-maitred-endpoint" in headers else "-"))] += 1
-    problem = verdict(status, headers, answer, request["method"])
+    problem = verdict(status, headers, answer, request["method"]) or not_forwarded(head, status, headers, answer)
     assert problem is None, f"{problem}: {what}"
     assert r.proc.poll() is None, f"the router exited with {r.proc.returncode}: {what}\n{r.log()}"
     logged = problems_in(watch.new())
@@ -365,7 +396,10 @@ def test_after_the_fuzzing_the_router_is_up_serves_a_normal_request_and_logged_n
     log = r.log_path.read_text(errors="replace")
     assert not problems_in(log), problems_in(log)[:10]
     assert "maitred.access" in log and MODEL in log  # the access log was on, and wrote lines
-    print(sorted(OUTCOMES.items()))
+    if OUTCOMES:  # the fuzz test ran: its requests reached each part of the router (else they fuzz little)
+        reached = {(200, "backend"), (400, "invalid_json"), (400, "missing_model"), (404, "model_not_found"),
+                   (413, "request_too_large"), (400, "-")}  # "-": the HTTP parser's own 400
+        assert reached <= set(OUTCOMES), sorted(OUTCOMES.items())
 
 
 def test_a_utf8_header_value_reaches_the_backend_byte_for_byte(fuzzed):

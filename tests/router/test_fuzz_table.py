@@ -16,11 +16,15 @@ import pytest
 from fuzzing import Mutator, cases, json_values, texts
 from hypothesis import given
 from hypothesis import strategies as st
+from router_harness import ROUTER_WORKERS
 
 from maitred.router.table import METHODS, RoutingTable, TableError, parse_table
 
+#: In process, so the same with any number of router workers: run in the suite's first pass only.
+pytestmark = pytest.mark.skipif(ROUTER_WORKERS != 1, reason="in-process fuzzing: run once, in the one-worker pass")
+
 #: Variants derived from each hypothesis draw (times the draws: the inputs of each test).
-BYTE_VARIANTS, JSON_VARIANTS, TABLE_VARIANTS = 2, 8, 40
+BYTE_VARIANTS, JSON_VARIANTS, TABLE_VARIANTS = 2, 14, 60
 
 
 def check_table(raw: bytes | str) -> RoutingTable | None:
@@ -115,7 +119,7 @@ def test_any_bytes_or_text_is_a_table_or_a_table_error(raw, seed):
         check_table(mutator.bytes(data))
 
 
-@cases(2_000)
+@cases(1_200)
 @given(json_values(), st.integers(0, 2**32))
 def test_any_json_value_is_a_table_or_a_table_error(value, seed):
     mutator = Mutator(seed)
@@ -124,7 +128,7 @@ def test_any_json_value_is_a_table_or_a_table_error(value, seed):
         check_table(mutator.encode(mutator.tree({"endpoints": [value]} if mutator.rng.random() < 0.3 else value)))
 
 
-@cases(1_200)
+@cases(800)
 @given(valid_tables(), st.integers(0, 2**32))
 def test_a_valid_table_with_fields_broken_is_a_table_or_a_table_error(table, seed):
     mutator = Mutator(seed)
