@@ -32,10 +32,11 @@ import aiohttp
 import kopf
 
 from maitred.operator import models, timing
+from maitred.operator.children import router_name
 from maitred.operator.kube import Kube, object_path
 from maitred.operator.peering import Standing
 from maitred.operator.podcache import PodCache
-from maitred.operator.reconcile import Outcome, reconcile_pool
+from maitred.operator.reconcile import ROUTER_FAULTS, Outcome, reconcile_pool
 from maitred.operator.workers import PoolWorker, Pools
 
 log = logging.getLogger("maitred.operator")
@@ -100,11 +101,15 @@ async def pool_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_) ->
 @kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
-def child_event(type: str | None, namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_) -> None:
-    if type == "DELETED":
-        for owner in meta.get("ownerReferences") or ():
-            if owner.get("kind") == models.KIND and owner.get("apiVersion") == models.API_VERSION:
-                memo.pools.kick(namespace, owner["name"], with_children=True)
+def child_event(type: str | None, namespace: str, meta: kopf.Meta, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    for owner in meta.get("ownerReferences") or ():
+        if owner.get("kind") != models.KIND or owner.get("apiVersion") != models.API_VERSION:
+            continue
+        if type == "DELETED":
+            memo.pools.kick(namespace, owner["name"], with_children=True)
+        elif body.get("kind") == "Deployment" and meta.get("name") == router_name(owner["name"]):
+            # Its status tells of pods refused at creation (ReplicaFailure): RouterAvailable reads it.
+            memo.pools.kick(namespace, owner["name"])
 
 
 async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
@@ -157,11 +162,14 @@ async def _report(kube: Kube, body: dict, key: str, out: Outcome, before: dict |
     previous = before or body.get("status")
     ready, was_ready = _condition(out.status, "Ready"), _condition(previous, "Ready")
     if ready and ready["status"] != "True" and was_ready.get("reason") != ready["reason"]:
-        # A new pool waits for its pods as a matter of course; losing every endpoint is worth a warning.
-        kind = "Warning" if was_ready.get("status") == "True" else "Normal"
+        # A new pool waits for its pods as a matter of course; losing every endpoint is worth a warning
+        # (it had them if it was Ready, or Ready but for its router).
+        had_endpoints = was_ready.get("status") == "True" or was_ready.get("reason") == "RouterUnavailable"
+        kind = "Warning" if had_endpoints and ready["reason"] != "RouterUnavailable" else "Normal"
         await kube.post_event(body, kind, ready["reason"], ready["message"])  # e.g. NoReadyEndpoints
     degraded, was_degraded = _condition(out.status, "Degraded"), _condition(previous, "Degraded")
-    if degraded.get("reason") in ("InvalidSpec", "ReconcileFailed") and (
+    router_fault = degraded.get("reason") in (*ROUTER_FAULTS, "FailedCreate")
+    if (degraded.get("reason") in ("InvalidSpec", "ReconcileFailed") or router_fault) and (
             (degraded["reason"], degraded["message"]) != (was_degraded.get("reason"), was_degraded.get("message"))):
         await kube.post_event(body, "Warning", degraded["reason"], degraded["message"])
     for error in out.errors:

@@ -48,6 +48,11 @@ def slim_pod(pod: Mapping[str, Any]) -> dict:
     slim_status: dict[str, Any] = {"conditions": conditions}
     if status.get("podIP"):
         slim_status["podIP"] = status["podIP"]
+    # Why a container is not running (ImagePullBackOff, CrashLoopBackOff...), for the RouterAvailable condition.
+    waiting = [{"state": {"waiting": {key: w[key] for key in ("reason", "message") if key in w}}}
+               for c in status.get("containerStatuses") or () if (w := (c.get("state") or {}).get("waiting"))]
+    if waiting:
+        slim_status["containerStatuses"] = waiting
     return {"metadata": slim_meta, "spec": {"containers": containers}, "status": slim_status}
 
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import pydantic
 
 from maitred.operator.children import (
-    TABLE_KEY, PoolRef, build_children, build_configmap, routing_configmap_name)
+    ROUTER_LABEL, TABLE_KEY, PoolRef, build_children, build_configmap, router_name, routing_configmap_name)
 from maitred.operator.kube import ApiError, Kube, object_path
 from maitred.operator.models import PoolSpec
 from maitred.operator.routing import (
     Pod, build_routing_table, effective_selector, endpoint_statuses, selected_pods, versioned)
 from maitred.operator.selectors import selector_problem, to_string
-from maitred.operator.status import Observation, compute_status, status_patch
+from maitred.operator.status import Observation, RouterObservation, compute_status, status_patch
 from maitred.router.table import RoutingTable, TableError, parse_table
 
 #: spec.replicas when the user gives none (the CRD's default).
@@ -198,9 +198,51 @@ async def reconcile_pool(kube: Kube, body: dict, *, pods: Iterable[Pod], router_
 
     in_force = out.table
     obs = dataclasses.replace(plan.observation, table_endpoints=len(in_force.endpoints) if in_force else 0,
-                              table_version=in_force.version if in_force else 0, error="; ".join(out.errors) or None)
+                              table_version=in_force.version if in_force else 0, error="; ".join(out.errors) or None,
+                              router=await observe_router(kube, pool, plan.spec, pods))
     await _write_status(kube, pool, body, out, last_status, obs)
     return out
+
+
+#: Container waiting reasons that no wait mends: the router pods need a fix (image, config, a crash).
+ROUTER_FAULTS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
+                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+
+def router_pods_observation(pool: PoolRef, spec: PoolSpec, pods: Iterable[Pod]) -> RouterObservation:
+    """The pool's router pods as the pod cache has them: how many are Ready, and a fault one of them shows."""
+    mine = [p for p in pods if (p["metadata"].get("labels") or {}).get(ROUTER_LABEL) == pool.name
+            and not p["metadata"].get("deletionTimestamp")]
+    available = sum(1 for p in mine if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                           for c in p.get("status", {}).get("conditions") or ()))
+    problem = None
+    for pod in sorted(mine, key=lambda p: p["metadata"]["name"]):
+        for container in pod.get("status", {}).get("containerStatuses") or ():
+            waiting = container.get("state", {}).get("waiting") or {}
+            if waiting.get("reason") in ROUTER_FAULTS:
+                problem = (waiting["reason"], f"pod {pod['metadata']['name']}: {waiting['reason']}"
+                           + (f": {waiting['message']}" if waiting.get("message") else ""))
+                break
+        if problem:
+            break
+    return RouterObservation(desired=spec.router.replicas, available=available, problem=problem)
+
+
+async def observe_router(kube: Kube, pool: PoolRef, spec: PoolSpec, pods: Iterable[Pod]) -> RouterObservation:
+    """:func:`router_pods_observation`; with no router pod available and no fault seen on one, the router
+    Deployment's own ReplicaFailure (pods refused at creation: admission, quota) as the fault."""
+    seen = router_pods_observation(pool, spec, pods)
+    if seen.desired == 0 or seen.available or seen.problem:
+        return seen
+    try:
+        deployment = await kube.get(object_path("apps/v1", "Deployment", pool.namespace, router_name(pool.name)))
+    except ApiError:
+        return seen
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or ():
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            reason = condition.get("reason") or "FailedCreate"
+            return dataclasses.replace(seen, problem=(reason, condition.get("message") or reason))
+    return seen
 
 
 async def _apply(kube: Kube, manifest: dict, out: Outcome) -> None:

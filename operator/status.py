@@ -86,9 +86,6 @@ def compute_conditions(obs: Observation, previous: Iterable[Mapping[str, Any]] =
         progressing = ("True", "ScalingDown", f"{obs.matched} pod(s) for {obs.desired} replica(s)")
     else:
         progressing = ("False", "AllReplicasReady", f"{obs.ready} of {obs.desired} replica(s) ready")
-    if obs.ignored_replicas is not None:
-        progressing = (progressing[0], progressing[1], progressing[2] + f"; spec.replicas ({obs.ignored_replicas})"
-                       " is ignored without a template: the replicas are the pods the selector matches")
 
     if obs.error:
         degraded = ("True", obs.error_reason, obs.error)
@@ -105,6 +102,9 @@ def compute_conditions(obs: Observation, previous: Iterable[Mapping[str, Any]] =
             degraded = ("True", router[1], router[2])
         elif progressing[0] == "False":
             progressing = ("True", "WaitingForRouter", router[2])
+    if obs.ignored_replicas is not None:
+        progressing = (progressing[0], progressing[1], progressing[2] + f"; spec.replicas ({obs.ignored_replicas})"
+                       " is ignored without a template: the replicas are the pods the selector matches")
 
     before = {c.get("type"): c for c in previous}
     out = []

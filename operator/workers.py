@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 
+from maitred.operator.children import ROUTER_LABEL
 from maitred.operator.models import LabelSelector, PoolSpec
 from maitred.operator.routing import effective_selector
 from maitred.operator.selectors import matches
@@ -93,7 +94,7 @@ class PoolWorker:
 
     def wants_pod(self, name: str, labels: Mapping[str, str]) -> bool:
         """True if pod `name` with `labels` is, or was at the last reconcile, one of this pool's pods."""
-        if name in self.pod_names:
+        if name in self.pod_names or labels.get(ROUTER_LABEL) == self.key.partition("/")[2]:  # a replica or a router
             return True
         selector = self.selector()
         return selector is not None and matches(selector, labels)

@@ -41,6 +41,7 @@ CONTROLLERS = (
     "endpointslice-controller",
     "namespace-controller",  # so that deleting a test namespace finishes
     "serviceaccount-controller",  # a `default` ServiceAccount per namespace, as in any cluster
+    "resourcequota-controller",  # quota admission enforces a ResourceQuota only once this controller took it up
 )
 
 START_TIMEOUT_S = 120.0

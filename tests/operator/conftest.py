@@ -7,7 +7,8 @@
   kubeconfig, e.g. one through a proxy);
 - ``replicas_kubelet``: the test kubelet for every pod of the namespace but the routers' (which
   the tests run locally instead, as ``start_router``);
-- ``start_router(pool)``: ``maitred router --configmap <ns>/<pool>-routing`` on a loopback address.
+- ``start_router(pool)``: ``maitred router --configmap <ns>/<pool>-routing`` on a loopback address;
+- ``routers_kubelet``: the test kubelet for the routers' pods, which it runs as real routers.
 """
 
 from __future__ import annotations
@@ -65,6 +66,29 @@ def operator(start_operator) -> OperatorProcess:
 @pytest.fixture
 def replicas_kubelet(make_kubelet):
     return make_kubelet(label_selector="!maitred.dev/router-of")
+
+
+#: An image the routers' kubelet cannot pull (any other runs as `maitred router`).
+MISSING_IMAGE = "registry.invalid/maitred/does-not-exist:0"
+
+
+@pytest.fixture
+def routers_kubelet(make_kubelet, kubeconfig):
+    """The test kubelet for the routers' pods: each runs as a real ``maitred router`` with the args the operator
+    gave the pod, on the pod's own address, reading its ConfigMap through the test kubeconfig (one worker, to
+    spare the cores). `MISSING_IMAGE` cannot be pulled: its pods stay in ImagePullBackOff."""
+
+    def argv(backend) -> list[str]:
+        args = list(backend.args)
+        for option, value in (("--host", backend.ip), ("--workers", "1")):
+            if option in args:
+                args[args.index(option) + 1] = value
+            else:
+                args += [option, value]
+        return ["maitred", *args, "--kubeconfig", kubeconfig, "--log-level", "warning", "--no-access-log"]
+
+    return make_kubelet(label_selector="maitred.dev/router-of", command=argv,
+                        can_pull=lambda image: image != MISSING_IMAGE)
 
 
 @pytest.fixture

@@ -121,7 +121,8 @@ class RouterProcess:
         self.admin_url = f"http://{self.host}:9091"  # the router's default --admin-port: /debug/table
         self.log_path = log_path
         self.argv = [*MAITRED, "router", "--configmap", configmap, "--kubeconfig", kubeconfig,
-                     "--host", self.host, "--port", str(self.port), "--no-access-log"]
+                     "--host", self.host, "--port", str(self.port), "--no-access-log",
+                     "--workers", "1"]  # one process: round-robin's exact turns are what some tests check
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 30.0) -> "RouterProcess":

@@ -57,7 +57,9 @@ def test_static_endpoints_mode_routes_to_servers_outside_the_cluster(pools, oper
             servers.append((host, procs.spawn([*MAITRED, "sim", "--host", host, "--port", "8000", "--model", "m1"],
                                               tmp_path / f"static-{i}.log")))
         urls = [f"http://{host}:8000" for host, _ in servers]
-        pools.apply("outside", {"endpoints": [{"url": urls[0]}, {"url": urls[1], "weight": 2}]})
+        # The test runs the router itself (start_router): the operator runs none (RouterAvailable holds).
+        pools.apply("outside", {"endpoints": [{"url": urls[0]}, {"url": urls[1], "weight": 2}],
+                                "router": {"replicas": 0}})
 
         table = pools.wait_endpoints("outside", 2)
         assert [(e.url, e.weight) for e in table.endpoints] == [(urls[0], 1), (urls[1], 2)]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cluster
 
 
 def test_a_template_pool_gets_its_pods_a_table_and_a_router_that_spreads_requests(
-        pools, operator, replicas_kubelet, start_router):
+        pools, operator, replicas_kubelet, routers_kubelet, start_router):
     pools.apply("llama", {"replicas": 3, "selector": {"matchLabels": {"app": "llama"}}, "template": template("llama"),
                           "models": ["m1"], "balancing": {"method": "round-robin"}})
 
@@ -36,10 +36,10 @@ def test_a_template_pool_gets_its_pods_a_table_and_a_router_that_spreads_request
     assert columns[0].split() == ["NAME", "METHOD", "READY", "ROUTER", "ENDPOINTS", "AGE"]
     name, method, ready, router_column, endpoints = columns[1].split()[:5]
     assert (name, method, ready, endpoints) == ("llama", "round-robin", "3/3", "3")
-    assert router_column.endswith("/2")  # the router Deployment's pods (not run here: the test runs its own)
+    assert router_column.endswith("/2")  # the router Deployment's pods, run by routers_kubelet
     status = pools.get("llama")["status"]
     assert (status["replicas"], status["readyReplicas"], status["selector"]) == (3, 3, "app=llama")
-    assert pools.condition("llama", "Ready")["status"] == "True"
+    wait_for(lambda: pools.condition("llama", "Ready")["status"] == "True", 60, "Ready, once a router pod is")
     assert pools.condition("llama", "Degraded")["status"] == "False"
     assert any(reason == "EndpointsAdded" for _, reason, _ in pools.events("llama"))
     # Waiting for the first pods to start is no fault: no Warning for it.

@@ -86,7 +86,7 @@ def test_a_valid_pool_gets_its_defaults_from_the_api_server(pools):
     assert spec["balancing"]["affinity"] == {"sessionHeader": "x-session-id", "loadFactor": 1.25}
     assert spec["healthCheck"] == {"path": "/health", "periodSeconds": 5, "timeoutSeconds": 2,
                                    "failureThreshold": 3, "successThreshold": 1}
-    assert spec["router"] == {"replicas": 2, "port": 8080, "serviceType": "ClusterIP"}
+    assert spec["router"] == {"replicas": 2, "port": 8080, "serviceType": "ClusterIP", "drainSeconds": 30}
 
 
 def test_the_selector_of_a_pool_with_a_template_cannot_change(pools):
