@@ -23,7 +23,8 @@ def restricted_template(app: str) -> dict:
     return t
 
 
-def test_router_and_replica_pods_are_admitted_where_pod_security_is_restricted(pools, operator, replicas_kubelet):
+def test_router_and_replica_pods_are_admitted_where_pod_security_is_restricted(pools, operator, replicas_kubelet,
+                                                                              routers_kubelet):
     pools.kubectl("label", "namespace", pools.namespace, "pod-security.kubernetes.io/enforce=restricted",
                   "--overwrite")
     pools.apply("llama", {"replicas": 2, "template": restricted_template("llama"), "router": {"replicas": 2}})
@@ -32,6 +33,8 @@ def test_router_and_replica_pods_are_admitted_where_pod_security_is_restricted(p
 
     pools.wait_endpoints("llama", 2)
     wait_for(lambda: len(pools.pods("maitred.dev/router-of=llama")) == 2, 60, "both router pods to be admitted")
+    wait_for(lambda: pools.condition("llama", "RouterAvailable").get("status") == "True"
+             and pools.condition("llama", "Ready").get("status") == "True", 60, "RouterAvailable and Ready")
 
     def refused() -> bool:
         deployment = pools.apps.read_namespaced_deployment("loose", pools.namespace)
