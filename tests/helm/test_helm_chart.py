@@ -35,7 +35,7 @@ def test_default_install_is_one_operator_with_cluster_wide_rbac_and_the_crds(hel
     container = operator_container(docs)
     assert container["image"] == DEFAULT_ROUTER_IMAGE  # the operator's own default: one image for both
     assert container["args"] == ["operator", f"--router-image={DEFAULT_ROUTER_IMAGE}", "--peering=maitred",
-                                 "--liveness=http://0.0.0.0:8081/healthz", "--log-level=info"]
+                                 "--liveness=http://0.0.0.0:8081/healthz", "--log-level=info", "--log-format=text"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     binding = one(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "maitred-operator",
@@ -56,7 +56,7 @@ def test_the_operator_runs_non_root_on_a_read_only_filesystem(helm):
 
 def test_other_values_reach_the_manifests(helm):
     docs = helm.template(
-        "--set", "replicaCount=2,watchNamespaces={ml,staging},logLevel=debug",
+        "--set", "replicaCount=2,watchNamespaces={ml,staging},logLevel=debug,logFormat=json",
         "--set", f"image.repository=registry.example/maitred,image.digest={DIGEST}",
         "--set", "routerImage.repository=registry.example/router,routerImage.tag=1.2.3",
         "--set", "nodeSelector.pool=system,tolerations[0].key=dedicated,tolerations[0].operator=Exists",
@@ -70,7 +70,7 @@ def test_other_values_reach_the_manifests(helm):
     assert container["image"] == f"registry.example/maitred@{DIGEST}"
     assert container["args"] == ["operator", "--router-image=registry.example/router:1.2.3", "--peering=ops",
                                  "--namespace=ml", "--namespace=staging",
-                                 "--liveness=http://0.0.0.0:8081/healthz", "--log-level=debug"]
+                                 "--liveness=http://0.0.0.0:8081/healthz", "--log-level=debug", "--log-format=json"]
     assert pod["nodeSelector"] == {"pool": "system"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     assert pod["priorityClassName"] == "system-cluster-critical"
@@ -152,6 +152,7 @@ def test_chart_app_version_is_the_package_version(helm):
     (["--set", "replicaCount=two"], "at '/replicaCount': got string, want integer"),
     (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
     (["--set", "logLevel=verbose"], "at '/logLevel': value must be one of 'debug', 'info', 'warning', 'error'"),
+    (["--set", "logFormat=xml"], "at '/logFormat': value must be one of 'text', 'json'"),
     (["--set", "watchNamespaces={Bad_NS}"], "at '/watchNamespaces/0': 'Bad_NS' does not match pattern"),
     (["--set", "image.digest=sha256:xyz"], "at '/image/digest': 'sha256:xyz' does not match pattern"),
     (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy': value must be one of"),
