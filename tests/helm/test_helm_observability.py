@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import promql_parser
 from helm_harness import CHART, find, one
 
 from maitred.operator.children import ROUTER_ADMIN_PORT, ROUTER_LABEL, build_router_deployment, PoolRef
@@ -56,7 +57,7 @@ def test_the_dashboard_is_a_configmap_for_grafanas_sidecar_with_promql_panels(he
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert re.search(r"\bmaitred_[a-z_]+", target["expr"]), (panel["title"], target["expr"])
-            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+            promql_parser.parse(target["expr"].replace("$__rate_interval", "1m"))  # raises on bad PromQL
             assert target["datasource"]["uid"] == "${datasource}"
     titles = {p["title"] for p in panels}
     assert {"Time to first token", "Inter-token latency", "End-to-end request latency", "Tokens/s"} <= titles
@@ -79,6 +80,7 @@ def test_the_alerts_cover_no_endpoint_errors_ejections_and_ttft_with_the_thresho
     ttft = rules["MaitredHighTimeToFirstToken"]["expr"]
     assert "histogram_quantile(0.99" in ttft and "maitred_ttft_seconds_bucket" in ttft and ttft.rstrip().endswith("> 2.5")
     for alert in rules.values():
+        promql_parser.parse(alert["expr"])  # raises on bad PromQL
         # Prometheus' templates reach the rule unrendered by helm.
         assert "{{ $labels.namespace }}" in alert["annotations"]["summary"] or "{{ $labels.endpoint }}" in \
             alert["annotations"]["summary"], alert["annotations"]

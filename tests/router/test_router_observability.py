@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import promql_parser
 from prometheus_client.parser import text_string_to_metric_families
 from router_harness import MODEL, ROUTER_WORKERS, SIM_MODEL, chat_body, metric, table, wait_for
 
@@ -206,14 +207,45 @@ def test_text_log_lines_carry_the_access_fields_as_key_value(backends, router):
         assert field in line, (field, line)
 
 
-def query_names() -> dict[str, set[str]]:
-    """The metric names the chart's dashboard queries and its alert rules use, by where."""
+def dashboard_queries() -> list[str]:
+    """The PromQL of the dashboard's panels and variables, Grafana's variables filled in as Grafana does."""
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if isinstance(v.get("query"), dict)]
-    name = re.compile(r"\bmaitred_[a-z0-9_]+\b")
-    return {"dashboard": {n for e in exprs for n in name.findall(e)},
-            "alerts": set(name.findall(RULES.read_text()))}
+    for variable in dashboard["templating"]["list"]:
+        if isinstance(variable.get("query"), dict):  # label_values(SELECTOR, label): Grafana's, around PromQL
+            query = re.fullmatch(r"label_values\((.*), *\w+\)", variable["query"]["query"])
+            exprs.append(query.group(1))
+    return [e.replace("$__rate_interval", "1m") for e in exprs]
+
+
+def rule_queries() -> list[str]:
+    """The PromQL of the chart's alert rules (the `expr: |` blocks of the template, helm's values as 1)."""
+    lines, exprs = RULES.read_text().splitlines(), []
+    for i, line in enumerate(lines):
+        if line.strip() == "expr: |":
+            indent, body = len(line) - len(line.lstrip()), []
+            for more in lines[i + 1:]:
+                if more.strip() and len(more) - len(more.lstrip()) <= indent:
+                    break
+                body.append(more)
+            exprs.append(re.sub(r"\{\{.*?\}\}", "1", "\n".join(body)))
+    return exprs
+
+
+def selector_names(node) -> set[str]:
+    """The metric names of every vector selector in a parsed PromQL expression."""
+    if isinstance(node, promql_parser.VectorSelector):
+        return {node.name} if node.name else set()
+    if isinstance(node, promql_parser.MatrixSelector):
+        return selector_names(node.vector_selector)
+    children = [getattr(node, a, None) for a in ("lhs", "rhs", "expr", "param")] + list(getattr(node, "args", None) or [])
+    return set().union(*(selector_names(c) for c in children if c is not None))
+
+
+def query_names() -> dict[str, set[str]]:
+    """The metric names the chart's dashboard queries and its alert rules use, by where (PromQL parsed)."""
+    return {where: set().union(*(selector_names(promql_parser.parse(e)) for e in exprs))
+            for where, exprs in (("dashboard", dashboard_queries()), ("alerts", rule_queries()))}
 
 
 def test_every_metric_the_dashboard_and_the_alerts_query_is_in_a_live_routers_metrics(fleet, backends, router):
@@ -243,6 +275,7 @@ def test_every_metric_the_dashboard_and_the_alerts_query_is_in_a_live_routers_me
 
     names = query_names()
     assert len(names["dashboard"]) >= 10 and len(names["alerts"]) >= 4, names
+    assert len(rule_queries()) == 4
     for where, used in names.items():
         missing = sorted(n for n in used if not exported(n))
         assert not missing, f"the {where} queries metrics a live router does not export: {missing}"
