@@ -24,7 +24,10 @@ def uvicorn_config(app, log_level: str, drain_seconds: float) -> uvicorn.Config:
     # uvicorn's default, a peer on 127.0.0.1 (a sidecar) had its X-Forwarded-For taken as the
     # client, so the router appended the client twice and lost the hop.
     # log_config=None: uvicorn's lines go through the root logger, in the router's --log-format.
-    return uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+    # ws="none": the router serves no WebSocket, and with uvicorn's default a request asking to upgrade to
+    # one went to the websockets library, which left it unanswered when it had a body (a client could hold
+    # connections open that way); now it is answered over HTTP/1.1, as RFC 9110 §7.8 allows.
+    return uvicorn.Config(app, loop="uvloop", http="httptools", ws="none", lifespan="on", access_log=False,
                           server_header=False, date_header=False, log_level=log_level, backlog=4096,
                           timeout_keep_alive=75, proxy_headers=False, log_config=None,
                           timeout_graceful_shutdown=drain_seconds)
