@@ -165,9 +165,15 @@ def cpu_cores(quantity: int | str) -> float:
     return float(text)
 
 
-def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE) -> dict:
-    """The router Deployment ``<name>-router``: reads the table from the API, probes on /healthz and /readyz."""
+def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE,
+                            defaults: models.RouterPodSettings | None = None) -> dict:
+    """The router Deployment ``<name>-router``: reads the table from the API, probes on /healthz and /readyz.
+
+    `defaults`: the operator's router pod settings (the chart's `router:` values); the pool's own
+    `spec.router` fields win, one by one.
+    """
     router = spec.router
+    pod = router.over(defaults or models.RouterPodSettings())
     admin_port = router_admin_port(router.port)
     container: dict[str, Any] = {
         "name": "router",
@@ -175,7 +181,8 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
         "command": ["maitred"],
         "args": ["router", "--configmap", f"{pool.namespace}/{routing_configmap_name(pool.name)}",
                  "--host", "0.0.0.0", "--port", str(router.port),
-                 "--workers", str(router.workers or router_workers(router.resources)),
+                 "--workers", str(router.workers or router_workers(pod.resources)),
+                 "--log-level", pod.log_level or "info",
                  "--drain-seconds", str(router.drain_seconds), "--admin-port", str(admin_port)],
         "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"},
                   {"name": "admin", "containerPort": admin_port, "protocol": "TCP"}],
@@ -190,9 +197,14 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
         # files) in /tmp, in memory.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
-    if router.resources is not None:
-        container["resources"] = router.resources.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    if pod.resources is not None:
+        container["resources"] = pod.resources.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     labels = _router_labels(pool)
+    placement = {key: value for key, value in (
+        ("nodeSelector", pod.node_selector), ("tolerations", pod.tolerations), ("affinity", pod.affinity),
+        ("topologySpreadConstraints", pod.topology_spread_constraints),
+        ("priorityClassName", pod.priority_class_name), ("imagePullSecrets", pod.image_pull_secrets),
+    ) if value is not None}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -201,8 +213,9 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
             "replicas": router.replicas,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": {**labels, "app.kubernetes.io/name": "maitred"}},
-                "spec": {"serviceAccountName": router_name(pool.name), "containers": [container],
+                "metadata": {"labels": {**labels, "app.kubernetes.io/name": "maitred"},
+                             **({"annotations": pod.pod_annotations} if pod.pod_annotations else {})},
+                "spec": {"serviceAccountName": router_name(pool.name), "containers": [container], **placement,
                          "securityContext": ROUTER_POD_SECURITY,
                          "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}],
                          # SIGTERM comes after the preStop pause; then open streams get drainSeconds.
@@ -255,9 +268,11 @@ def build_router_pdb(pool: PoolRef) -> dict:
     }
 
 
-def build_children(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE) -> list[dict]:
+def build_children(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_ROUTER_IMAGE,
+                   router_defaults: models.RouterPodSettings | None = None) -> list[dict]:
     """Every child but the ConfigMap, in the order to apply them (RBAC before the pods that use it)."""
-    children = [*build_router_rbac(pool), build_router_deployment(pool, spec, image), build_service(pool, spec),
+    children = [*build_router_rbac(pool), build_router_deployment(pool, spec, image, router_defaults),
+                build_service(pool, spec),
                 build_router_pdb(pool)]
     deployment = build_deployment(pool, spec)
     return ([deployment] if deployment else []) + children

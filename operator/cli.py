@@ -18,6 +18,10 @@ def operator_command(
         "--namespace", "-n", help="Namespace to watch (repeatable). Default: all namespaces.")] = None,
     router_image: Annotated[str, typer.Option(help="Image of the pools' router Deployments (a pool's"
                                               " spec.router.image wins).")] = DEFAULT_ROUTER_IMAGE,
+    router_pod_defaults: Annotated[Optional[str], typer.Option(
+        envvar="MAITRED_ROUTER_POD_DEFAULTS", help="JSON: settings of every pool's router pods (resources,"
+        " nodeSelector, tolerations, affinity, topologySpreadConstraints, priorityClassName, imagePullSecrets,"
+        " podAnnotations, logLevel); a pool's spec.router wins field by field.")] = None,
     kubeconfig: Annotated[Optional[Path], typer.Option(help="Kubeconfig (default: $KUBECONFIG, else the"
                                                        " in-cluster service account).")] = None,
     peering: Annotated[str, typer.Option(help="Name of the kopf peering object shared by the replicas.")] = "maitred",
@@ -61,7 +65,8 @@ def operator_command(
     except Exception as exc:  # no kubeconfig, no API server, no peering CRD: say which, and stop
         typer.echo(f"maitred operator: {exc}", err=True)
         raise typer.Exit(1) from None
-    memo = kopf.Memo(router_image=router_image, kubeconfig=str(kubeconfig) if kubeconfig else None,
+    memo = kopf.Memo(router_image=router_image, router_defaults=_router_pod_defaults(router_pod_defaults),
+                     kubeconfig=str(kubeconfig) if kubeconfig else None,
                      namespaces=namespaces)
     kopf.run(
         clusterwide=not namespaces,
@@ -90,3 +95,18 @@ async def _preflight(kubeconfig: Path | None, peering: str | None, namespaces: l
             await ensure_peering(kube, peering, namespaces)
     finally:
         await kube.close()
+
+
+def _router_pod_defaults(raw: str | None):
+    """The --router-pod-defaults JSON as settings; exits 2 naming the option if it is not valid."""
+    from pydantic import ValidationError
+
+    from maitred.operator.models import RouterPodSettings
+
+    if not raw:
+        return RouterPodSettings()
+    try:
+        return RouterPodSettings.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(problems, param_hint="--router-pod-defaults") from None

@@ -133,6 +133,7 @@ async def _reconcile(memo: kopf.Memo, body: dict, worker: PoolWorker) -> bool:
     before = worker.last_status
     children_key = worker.children_key(memo.router_image)
     out = await reconcile_pool(memo.kube, body, pods=memo.pods.pods(namespace), router_image=memo.router_image,
+                               router_defaults=memo.get("router_defaults"),
                                last_status=worker.last_status, known_table=worker.known_table,
                                with_children=worker.children_applied_for != children_key)
     worker.pod_names, worker.last_status, worker.known_table = out.pod_names, out.status, out.known_table

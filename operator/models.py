@@ -130,13 +130,38 @@ class Resources(_Model):
     requests: dict[str, Quantity] = Field(default_factory=dict, json_schema_extra={"maxProperties": 16})
 
 
-class RouterSpec(_Model):
+_ANY_OBJECT = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+_ANY_LIST = {"type": "array", "items": _ANY_OBJECT}
+
+
+class RouterPodSettings(_Model):
+    """How the router pods are placed and run; each field unset here falls back to the operator's defaults
+    (the chart's `router:` values, `maitred operator --router-pod-defaults`). The pod fields are Kubernetes'
+    own (a PodSpec's), checked by the API server when the router Deployment is written."""
+
+    resources: Resources | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = Field(default=None, json_schema_extra=_ANY_LIST)
+    affinity: dict[str, Any] | None = Field(default=None, json_schema_extra=_ANY_OBJECT)
+    topology_spread_constraints: list[dict[str, Any]] | None = Field(default=None, json_schema_extra=_ANY_LIST)
+    priority_class_name: str | None = Field(default=None, min_length=1)
+    image_pull_secrets: list[dict[str, str]] | None = Field(default=None, description="[{name: secret}]")
+    pod_annotations: dict[str, str] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+
+    def over(self, defaults: "RouterPodSettings") -> "RouterPodSettings":
+        """These settings, with each unset field taken from `defaults`."""
+        fields = RouterPodSettings.model_fields
+        mine = {k: v for k, v in self.model_dump(exclude_none=True).items() if k in fields}
+        return RouterPodSettings.model_validate({**defaults.model_dump(exclude_none=True), **mine})
+
+
+class RouterSpec(RouterPodSettings):
     """The pool's router Deployment and Service (`<pool>-router`)."""
 
     replicas: int = Field(default=2, ge=0)
     port: int = Field(default=8080, ge=1, le=65535)
     image: str | None = Field(default=None, min_length=1, description="default: the operator's --router-image")
-    resources: Resources | None = None
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     workers: int | None = Field(default=None, ge=1, le=64, description=(
         "worker processes per router pod; default: from the CPU request (rounded up), else the CPU limit,"

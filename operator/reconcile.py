@@ -26,7 +26,7 @@ import pydantic
 from maitred.operator.children import (
     ROUTER_LABEL, TABLE_KEY, PoolRef, build_children, build_configmap, router_name, routing_configmap_name)
 from maitred.operator.kube import ApiError, Kube, object_path
-from maitred.operator.models import PoolSpec
+from maitred.operator.models import PoolSpec, RouterPodSettings
 from maitred.operator.routing import (
     Pod, build_routing_table, effective_selector, endpoint_statuses, selected_pods, versioned)
 from maitred.operator.selectors import selector_problem, to_string
@@ -148,6 +148,7 @@ def holds(configmap: dict | None, pool: PoolRef, table_json: str) -> bool:
 
 
 async def reconcile_pool(kube: Kube, body: dict, *, pods: Iterable[Pod], router_image: str,
+                         router_defaults: RouterPodSettings | None = None,
                          last_status: dict | None = None, with_children: bool = True,
                          known_table: tuple[str, RoutingTable] | None = None) -> Outcome:
     """Bring the pool `body` (as the API returns it) and its children to their desired state. See the module doc.
@@ -190,7 +191,7 @@ async def reconcile_pool(kube: Kube, body: dict, *, pods: Iterable[Pod], router_
 
     if with_children:
         table_errors = len(out.errors)
-        for child in build_children(pool, plan.spec, router_image):
+        for child in build_children(pool, plan.spec, router_image, router_defaults):
             await _apply(kube, child, out)
         if plan.spec.template is None:
             await _prune_replicas(kube, pool)

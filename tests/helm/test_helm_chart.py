@@ -170,3 +170,21 @@ def test_bad_values_are_refused_with_a_message_naming_them(helm, args, message):
     with pytest.raises(HelmError) as refused:
         helm.template(*args)
     assert message in refused.value.stderr
+
+
+def test_router_values_become_every_pools_router_pod_defaults(helm):
+    from maitred.operator.children import PoolRef, build_router_deployment
+    from maitred.operator.models import PoolSpec, RouterPodSettings
+
+    docs = helm.template("--set", "router.nodeSelector.pool=routers,router.priorityClassName=high",
+                         "--set", "router.resources.requests.cpu=2,router.logLevel=debug",
+                         "--set", "imagePullSecrets[0].name=regcred")
+    env = {e["name"]: e["value"] for e in operator_container(docs)["env"]}
+    defaults = RouterPodSettings.model_validate_json(env["MAITRED_ROUTER_POD_DEFAULTS"])
+    pool = PoolSpec.model_validate({"selector": {"matchLabels": {"app": "x"}}})
+    pod = build_router_deployment(PoolRef("ml", "llama", "uid"), pool, defaults=defaults)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "routers"} and pod["priorityClassName"] == "high"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": 2}}  # --set writes a number
+    default_env = {e["name"]: e["value"] for e in operator_container(helm.template())["env"]}
+    assert RouterPodSettings.model_validate_json(default_env["MAITRED_ROUTER_POD_DEFAULTS"]) == RouterPodSettings()

@@ -146,3 +146,27 @@ def test_a_node_drain_takes_the_router_pods_one_at_a_time():
     router = build_router_deployment(POOL, pool_spec(router={"replicas": 3}))
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == router["spec"]["selector"]["matchLabels"]
+
+
+def test_router_pods_take_the_operators_defaults_and_the_pools_own_settings_win():
+    from maitred.operator.models import RouterPodSettings
+
+    defaults = RouterPodSettings.model_validate({
+        "nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "router", "operator": "Exists"}],
+        "priorityClassName": "high", "imagePullSecrets": [{"name": "regcred"}], "logLevel": "warning",
+        "podAnnotations": {"team": "ml"}, "resources": {"requests": {"cpu": "3"}}})
+    spec = pool_spec(router={"nodeSelector": {"pool": "edge"}, "logLevel": "debug",
+                             "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]})
+
+    deployment = build_router_deployment(POOL, spec, defaults=defaults)
+    template = deployment["spec"]["template"]
+    pod, (container,) = template["spec"], template["spec"]["containers"]
+    assert pod["nodeSelector"] == {"pool": "edge"}  # the pool's own
+    assert pod["topologySpreadConstraints"] == [{"maxSkew": 1, "topologyKey": "zone"}]
+    assert pod["tolerations"] == [{"key": "router", "operator": "Exists"}]  # the defaults'
+    assert (pod["priorityClassName"], pod["imagePullSecrets"]) == ("high", [{"name": "regcred"}])
+    assert template["metadata"]["annotations"] == {"team": "ml"}
+    assert container["resources"] == {"requests": {"cpu": "3"}}
+    assert (option(container, "--log-level"), option(container, "--workers")) == ("debug", "3")
+    bare = build_router_deployment(POOL, pool_spec())["spec"]["template"]["spec"]
+    assert "nodeSelector" not in bare and "imagePullSecrets" not in bare

@@ -83,3 +83,17 @@ app.kubernetes.io/component: operator
 {{- dict | toYaml -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The operator's --router-pod-defaults: the `router:` values (empty ones left out) and the chart's imagePullSecrets, as JSON.
+*/}}
+{{- define "maitred.routerPodDefaults" -}}
+{{- $defaults := dict -}}
+{{- range $key, $value := .Values.router -}}
+{{- if $value }}{{- $_ := set $defaults $key $value -}}{{- end -}}
+{{- end -}}
+{{- if and .Values.imagePullSecrets (not (hasKey $defaults "imagePullSecrets")) -}}
+{{- $_ := set $defaults "imagePullSecrets" .Values.imagePullSecrets -}}
+{{- end -}}
+{{- toJson $defaults -}}
+{{- end -}}
