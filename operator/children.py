@@ -182,7 +182,7 @@ def build_router_deployment(pool: PoolRef, spec: PoolSpec, image: str = DEFAULT_
         "args": ["router", "--configmap", f"{pool.namespace}/{routing_configmap_name(pool.name)}",
                  "--host", "0.0.0.0", "--port", str(router.port),
                  "--workers", str(router.workers or router_workers(pod.resources)),
-                 "--log-level", pod.log_level or "info",
+                 "--log-level", pod.log_level or "info", "--log-format", pod.log_format or "text",
                  "--drain-seconds", str(router.drain_seconds), "--admin-port", str(admin_port)],
         "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"},
                   {"name": "admin", "containerPort": admin_port, "protocol": "TCP"}],

@@ -148,6 +148,7 @@ class RouterPodSettings(_Model):
     image_pull_secrets: list[dict[str, str]] | None = Field(default=None, description="[{name: secret}]")
     pod_annotations: dict[str, str] | None = None
     log_level: Literal["debug", "info", "warning", "error"] | None = None
+    log_format: Literal["json", "text"] | None = None
 
     def over(self, defaults: "RouterPodSettings") -> "RouterPodSettings":
         """These settings, with each unset field taken from `defaults`."""

@@ -154,7 +154,7 @@ def test_router_pods_take_the_operators_defaults_and_the_pools_own_settings_win(
     defaults = RouterPodSettings.model_validate({
         "nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "router", "operator": "Exists"}],
         "priorityClassName": "high", "imagePullSecrets": [{"name": "regcred"}], "logLevel": "warning",
-        "podAnnotations": {"team": "ml"}, "resources": {"requests": {"cpu": "3"}}})
+        "podAnnotations": {"team": "ml"}, "resources": {"requests": {"cpu": "3"}}, "logFormat": "json"})
     spec = pool_spec(router={"nodeSelector": {"pool": "edge"}, "logLevel": "debug",
                              "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]})
 
@@ -168,5 +168,6 @@ def test_router_pods_take_the_operators_defaults_and_the_pools_own_settings_win(
     assert template["metadata"]["annotations"] == {"team": "ml"}
     assert container["resources"] == {"requests": {"cpu": "3"}}
     assert (option(container, "--log-level"), option(container, "--workers")) == ("debug", "3")
+    assert option(container, "--log-format") == "json"
     bare = build_router_deployment(POOL, pool_spec())["spec"]["template"]["spec"]
     assert "nodeSelector" not in bare and "imagePullSecrets" not in bare
