@@ -24,11 +24,12 @@ def uids(pools, name: str) -> dict:
 
 
 def test_after_a_restart_the_table_comes_back_identical_and_no_child_is_duplicated(
-        pools, start_operator, replicas_kubelet):
+        pools, start_operator, replicas_kubelet, routers_kubelet):
     first = start_operator()
     pools.apply("llama", {"replicas": 3, "template": template("llama")})
     pools.wait_endpoints("llama", 3)
-    wait_for(lambda: pools.condition("llama", "Progressing").get("status") == "False", 30, "a settled pool")
+    # Settled: its replicas and its router pods (run by routers_kubelet) all up.
+    wait_for(lambda: pools.condition("llama", "Progressing").get("status") == "False", 60, "a settled pool")
     configmap = pools.core.read_namespaced_config_map("llama-routing", pools.namespace)
     before = (configmap.metadata.resource_version, configmap.data["table.json"])
     children = uids(pools, "llama")
