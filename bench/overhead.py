@@ -119,7 +119,8 @@ def run_all(procs: ProcessGroup, workdir: Path, seconds: float, has_nginx: bool)
         routers[("maitred", name)] = free_port(HOST)
         procs.maitred(f"maitred-{name}", "router", "--table", str(table), "--host", HOST,
                       "--port", str(routers[("maitred", name)]), "--no-access-log", "--log-level", "warning",
-                      "--admin-port", "0")  # no admin port: two routers run at once, 9091 would be shared
+                      "--admin-port", "0",  # no admin port: two routers run at once, 9091 would be shared
+                      "--workers", "1")  # one process, as the README table says
     if has_nginx:
         proxy_ports = {name: (free_port(HOST), port) for name, port in backends.items()}
         for name, (port, _) in proxy_ports.items():

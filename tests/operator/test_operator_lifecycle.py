@@ -29,7 +29,8 @@ def test_after_a_restart_the_table_comes_back_identical_and_no_child_is_duplicat
     pools.apply("llama", {"replicas": 3, "template": template("llama")})
     pools.wait_endpoints("llama", 3)
     # Settled: its replicas and its router pods (run by routers_kubelet) all up.
-    wait_for(lambda: pools.condition("llama", "Progressing").get("status") == "False", 60, "a settled pool")
+    wait_for(lambda: pools.condition("llama", "Progressing").get("status") == "False"
+             and pools.get("llama")["status"].get("router") == "2/2", 60, "a settled pool")
     configmap = pools.core.read_namespaced_config_map("llama-routing", pools.namespace)
     before = (configmap.metadata.resource_version, configmap.data["table.json"])
     children = uids(pools, "llama")
