@@ -26,6 +26,15 @@ FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
 
 
+def option_choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    """`value` lower-cased if it is one of `allowed`; else typer.BadParameter naming `option` (exit 2)."""
+    import typer
+
+    if value.lower() not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
+    return value.lower()
+
+
 def _timestamp(record: logging.LogRecord) -> str:
     seconds = int(record.created)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(record.msecs):03d}Z"

@@ -41,12 +41,9 @@ def operator_command(
     """Run the operator: pools' pods in, routing tables, routers and status out."""
     from maitred.cli import logs
 
-    if log_level.lower() not in logs.LEVELS:
-        raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(logs.LEVELS)}", param_hint="--log-level")
-    if log_format.lower() not in logs.FORMATS:
-        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(logs.FORMATS)}",
-                                 param_hint="--log-format")
-    logs.configure(log_level, log_format.lower())
+    log_level = logs.option_choice(log_level, logs.LEVELS, "--log-level")
+    log_format = logs.option_choice(log_format, logs.FORMATS, "--log-format")
+    logs.configure(log_level, log_format)
     logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
     if log_level.lower() != "debug":  # kopf says "Handler 'pod_event' succeeded" for every pod event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -26,7 +26,6 @@ from maitred.router.table import RoutingTable
 
 #: Paths whose body must be JSON naming a model.
 MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Larger request headers in all are refused, not forwarded: NGINX's default is 4 x 8 KiB.
 MAX_HEADER_BYTES = 64 * 1024
 

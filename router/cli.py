@@ -12,14 +12,12 @@ from pathlib import Path
 
 import typer
 
-#: Largest request body accepted by default, in bytes (see maitred.router.admission).
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from maitred.router.limits import DEFAULT_MAX_BODY_BYTES
+
 #: How long open requests may run after SIGTERM by default, in s (Kubernetes' default grace period is 30 s).
 DEFAULT_DRAIN_SECONDS = 30.0
 #: The admin port (/metrics, /debug/table) by default; 0 turns it off (they are then on the traffic port).
 DEFAULT_ADMIN_PORT = 9091
-LOG_FORMATS = ("text", "json")
 
 
 def default_workers() -> int:
@@ -54,15 +52,13 @@ def router_command(
     log_format: str = typer.Option("text", help="text (for people) or json (one object a line, for log collectors)."),
 ) -> None:
     """Run the router in front of a pool's endpoints."""
-    if log_level.lower() not in LOG_LEVELS:
-        raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
-    if log_format.lower() not in LOG_FORMATS:
-        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}",
-                                 param_hint="--log-format")
+    from maitred.cli import logs
+
+    log_level = logs.option_choice(log_level, logs.LEVELS, "--log-level")
+    log_format = logs.option_choice(log_format, logs.FORMATS, "--log-format")
     if admin_port == port:
         raise typer.BadParameter(f"{admin_port} is the traffic port (--port); give another, or 0 for none",
                                  param_hint="--admin-port")
-    log_level, log_format = log_level.lower(), log_format.lower()
     source = _table_source(table, configmap, kubeconfig)
     workers = workers or default_workers()
     _check_can_listen(host, port)

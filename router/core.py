@@ -24,7 +24,7 @@ from maitred.router.health import HealthChecker
 from maitred.router.load import LoadScraper
 from maitred.router.metrics import RouterMetrics
 from maitred.router.shared import SlotAllocator
-from maitred.router.admission import DEFAULT_MAX_BODY_BYTES
+from maitred.router.limits import DEFAULT_MAX_BODY_BYTES
 from maitred.router.table import RoutingTable
 
 log = logging.getLogger("maitred.router")

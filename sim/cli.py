@@ -87,11 +87,9 @@ def sim_command(
         raise typer.BadParameter(problems) from None
     from maitred.cli import logs
 
-    if log_format.lower() not in logs.FORMATS:
-        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(logs.FORMATS)}",
-                                 param_hint="--log-format")
+    log_format = logs.option_choice(log_format, logs.FORMATS, "--log-format")
     # Imported here so that `maitred --help` does not load uvicorn and the app.
     from maitred.sim.serve import serve
 
-    logs.configure(config.log_level, log_format.lower())
+    logs.configure(config.log_level, log_format)
     serve(config, log_config=None)
