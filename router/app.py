@@ -72,8 +72,7 @@ def _control_app(router: Router, source: TableSource | None, checks: bool) -> Fa
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await router.start()
-        tasks = [asyncio.create_task(router.health.run(router.session)),
-                 asyncio.create_task(router.load.run(router.session))] if checks else []
+        tasks = router.start_checks() if checks else []
         if source is not None:
             tasks.append(asyncio.create_task(source(router)))
         # Everything built so far lives as long as the process: move it out of the collector's sight, so

@@ -12,6 +12,7 @@ and follows the published tables.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -61,6 +62,11 @@ class Router:
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None),
         )
+
+    def start_checks(self) -> list[asyncio.Task]:
+        """Start the active health checks and the load scrapes (once per router: in its only process or its
+        supervisor); the caller cancels the tasks."""
+        return [asyncio.create_task(self.health.run(self.session)), asyncio.create_task(self.load.run(self.session))]
 
     async def close(self) -> None:
         """Close upstream connections."""

@@ -122,9 +122,7 @@ async def _supervise(spec: WorkerSpec, source) -> int:
         loop.add_signal_handler(sig, stop.set)
     context = multiprocessing.get_context("spawn")
     procs = [_start_worker(context, spec, i) for i in range(spec.workers)]
-    tasks = [asyncio.create_task(router.health.run(router.session)),
-             asyncio.create_task(router.load.run(router.session)),
-             asyncio.create_task(source(router))]
+    tasks = [*router.start_checks(), asyncio.create_task(source(router))]
     exit_code = 0
     try:
         while not stop.is_set():
