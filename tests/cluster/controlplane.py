@@ -116,12 +116,28 @@ class ControlPlane:
         """
         t0 = time.monotonic()
         self._run("kube-apiserver", self._apiserver_args)
+        # Not the controller manager: it may have exited during the outage (it does when the API server
+        # goes away while it starts), and it is started afresh below either way.
         procs.wait_until(lambda: _http_ok(f"{self.server}/readyz", self._ca_ctx), START_TIMEOUT_S,
-                         "kube-apiserver /readyz (restarted)", alive=self._alive())
+                         "kube-apiserver /readyz (restarted)",
+                         alive=[self._procs["etcd"], self._procs["kube-apiserver"]])
         ready_s = time.monotonic() - t0
         procs.stop(self._procs.pop("kube-controller-manager"), grace_s=5.0)
         self._start_controller_manager()
         return ready_s
+
+    def ensure_controller_manager(self) -> bool:
+        """Start the controller manager again if it has exited (after a test's outage); True if it had.
+
+        Without it no Deployment gets pods, and every later test would fail for a reason of its own.
+        """
+        proc = self._procs.get("kube-controller-manager")
+        if proc is not None and proc.poll() is None:
+            return False
+        if proc is not None:
+            self._procs.pop("kube-controller-manager")
+        self._start_controller_manager()
+        return True
 
     def __enter__(self) -> "ControlPlane":
         self.start()

@@ -25,6 +25,7 @@ its kubelets' logs.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import subprocess
@@ -104,8 +105,15 @@ def k8s_api(k8s_cluster: Cluster):
 
 
 @pytest.fixture
-def namespace(request: pytest.FixtureRequest, kubectl) -> str:
-    """A fresh namespace named after the test; deleted (not awaited) afterwards."""
+def namespace(request: pytest.FixtureRequest, kubectl, k8s_cluster) -> str:
+    """A fresh namespace named after the test; deleted (not awaited) afterwards.
+
+    The controller manager of the control plane started here is started again first if an earlier
+    test's API server outage took it down.
+    """
+    plane = k8s_cluster.control_plane
+    if plane is not None and plane.ensure_controller_manager():
+        logging.getLogger("tests.cluster").warning("kube-controller-manager had exited; started it again")
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{slug}-{secrets.token_hex(2)}"
     kubectl("create", "namespace", name)
