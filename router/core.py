@@ -128,10 +128,11 @@ class Router:
         return self.endpoints.table is not None and bool(self.endpoints.live)
 
     def _worker_snapshot(self, index: int) -> dict:
-        """One worker's pid, table version and how long after its publication it applied the current table (ms)."""
+        """One worker's pid, whether it accepts connections yet, its table version and how long after its publication it applied the current table (ms)."""
         status, shared = self.shared.worker_status(index), self.shared
         current = status["table_generation"] == shared.table_generation and shared.published_at_ns
-        return {"index": index, "pid": status["pid"], "tableVersion": status["table_version"],
+        return {"index": index, "pid": status["pid"], "listening": bool(status["listening"]),
+                "tableVersion": status["table_version"],
                 "tableLagMs": round((status["applied_at_ns"] - shared.published_at_ns) / 1e6, 3) if current else None}
 
     def snapshot(self) -> dict:

@@ -49,6 +49,22 @@ def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def serve(app, socks: list[socket.socket], log_level: str, drain_seconds: float) -> None:
-    """Run `app` on `socks` until SIGTERM or SIGINT, then drain open requests for at most `drain_seconds`."""
-    uvicorn.Server(uvicorn_config(app, log_level, drain_seconds)).run(sockets=socks)
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling `on_listening()` once its sockets listen."""
+
+    def __init__(self, config: uvicorn.Config, on_listening=None) -> None:
+        super().__init__(config)
+        self._on_listening = on_listening
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_listening is not None:
+            self._on_listening()
+
+
+def serve(app, socks: list[socket.socket], log_level: str, drain_seconds: float, on_listening=None) -> None:
+    """Run `app` on `socks` until SIGTERM or SIGINT, then drain open requests for at most `drain_seconds` (s).
+
+    `on_listening()`, if given, is called once the sockets listen (after the app's start-up).
+    """
+    _Server(uvicorn_config(app, log_level, drain_seconds), on_listening).run(sockets=socks)

@@ -38,7 +38,7 @@ NO_SAMPLE = math.nan
 
 _HEADER = ("table_generation", "health_generation", "published_at_ns")
 _PER_WORKER = ("in_flight", "requests_total", "failures_total")
-_PER_WORKER_STATUS = ("pid", "table_version", "applied_at_ns", "table_generation")
+_PER_WORKER_STATUS = ("pid", "listening", "table_version", "applied_at_ns", "table_generation")
 _PER_SLOT_INT = ("healthy", "consecutive_failures", "ejections_total", "in_flight_at_report")
 _PER_SLOT_FLOAT = ("latency_ewma_ms", "latency_sampled_at", "reported_waiting", "reported_running",
                    "reported_kv_cache_usage")

@@ -200,11 +200,14 @@ def worker_main(spec: WorkerSpec, index: int, supervisor_pid: int) -> None:
         raise SystemExit(EXIT_CANNOT_LISTEN) from None
     shared = SharedState(Path(spec.run_dir) / STATE_FILE, spec.workers, spec.slots)
     shared.clear_worker(index)
-    shared.set_worker_status(index, pid=os.getpid(), table_version=-1, applied_at_ns=0, table_generation=-1)
+    shared.set_worker_status(index, pid=os.getpid(), listening=0, table_version=-1, applied_at_ns=0,
+                             table_generation=-1)
     router = Router(max_body_bytes=spec.max_body_bytes, shared=shared, worker=index)
     source = functools.partial(follow_tables, Path(spec.run_dir), supervisor_pid=supervisor_pid)
+    # The app starts (and applies the table) before uvicorn listens: until then the kernel gives this
+    # worker no connection, so /debug/table says when it does.
     serve(create_app(router, source=source, checks=False, admin_port=spec.admin_port or None), socks,
-          spec.log_level, spec.drain_seconds)
+          spec.log_level, spec.drain_seconds, on_listening=lambda: shared.set_worker_status(index, listening=1))
 
 
 async def follow_tables(run_dir: Path, router, supervisor_pid: int) -> None:

@@ -239,12 +239,13 @@ class RouterProcess:
         return parse_metrics(self.metrics_text())
 
     def wait_version(self, version: int, timeout_s: float = 10.0) -> None:
-        """Block until /debug/table shows table `version` in force (in every worker, if there are several)."""
+        """Block until /debug/table shows table `version` in force (in every worker, if there are several,
+        and every worker accepts connections)."""
 
         def applied() -> bool:
             debug = self.debug()
             if "workers" in debug:
-                return all(w["tableVersion"] == version for w in debug["workers"])
+                return all(w["tableVersion"] == version and w["listening"] for w in debug["workers"])
             return (debug["table"] or {}).get("version") == version
 
         wait_for(applied, timeout_s, f"routing table version {version} to be applied")
