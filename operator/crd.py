@@ -163,6 +163,8 @@ def build_crd() -> dict:
              "description": "available/desired router pods"},
             {"name": "Endpoints", "type": "integer", "jsonPath": ".status.endpointCount",
              "description": "endpoints in the routing table"},
+            {"name": "Load", "type": "string", "jsonPath": ".status.load",
+             "description": "autoscaling: the metric's value per ready replica / its target"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     }

@@ -172,6 +172,68 @@ class RouterSpec(RouterPodSettings):
         " termination grace period is set from it"))
 
 
+class ScaleUpRules(_Model):
+    """How fast a pool grows (HPA's `behavior.scaleUp`): the least replica count recommended over the
+    last `stabilizationWindowSeconds` wins, and at most max(`stepReplicas`, `stepPercent` % of the
+    replicas) are added per `periodSeconds`."""
+
+    stabilization_window_seconds: int = Field(default=0, ge=0, le=3600)
+    step_replicas: int = Field(default=4, ge=1, le=1000)
+    step_percent: int = Field(default=100, ge=1, le=1000)
+    period_seconds: int = Field(default=15, ge=1, le=1800)
+
+
+class ScaleDownRules(_Model):
+    """How fast a pool shrinks (HPA's `behavior.scaleDown`): the greatest replica count recommended over
+    the last `stabilizationWindowSeconds` wins, and at most max(`stepReplicas`, `stepPercent` % of the
+    replicas) are removed per `periodSeconds`."""
+
+    stabilization_window_seconds: int = Field(default=300, ge=0, le=3600)
+    step_replicas: int = Field(default=1, ge=1, le=1000)
+    step_percent: int = Field(default=100, ge=1, le=100)
+    period_seconds: int = Field(default=15, ge=1, le=1800)
+
+
+AutoscalingMetric = Literal["queue", "in-flight", "kv-cache"]
+
+
+class Autoscaling(_Model):
+    """Scaling the template's replicas on the load the routers report (:mod:`maitred.operator.autoscaling`).
+
+    desired = ceil(ready replicas x value / target), unchanged while |value / target - 1| <= tolerance,
+    within [minReplicas, maxReplicas], smoothed by `scaleUp` and `scaleDown` as a HorizontalPodAutoscaler
+    is. With `minReplicas: 0` the pool scales to zero when idle, and the routers hold requests (at most
+    `maxHeldRequests` per router, for `holdSeconds`) while it scales up again.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_rules(
+        _cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas", ".minReplicas",
+             message_expression="'minReplicas (' + string(self.minReplicas) + ') must not exceed maxReplicas ('"
+                                " + string(self.maxReplicas) + ')'"),
+        _cel("self.metric != 'kv-cache' || self.target <= 1.0",
+             "the target of kv-cache is a share of the KV cache: 0 < target <= 1", ".target"),
+    ))
+
+    min_replicas: int = Field(default=1, ge=0, le=10000, description="0: scale to zero when idle")
+    max_replicas: int = Field(ge=1, le=10000)
+    metric: AutoscalingMetric = Field(default="queue", description=(
+        "queue: requests waiting per replica (the replicas' own queue, plus requests the routers hold);"
+        " in-flight: requests the routers have open per replica; kv-cache: mean KV-cache usage (0..1)"))
+    target: float = Field(gt=0, description="the value per replica to keep (kv-cache: a share, e.g. 0.8)")
+    tolerance: float = Field(default=0.1, ge=0, lt=1, description=(
+        "no change while the value is within this share of the target (HPA's tolerance)"))
+    scale_up: ScaleUpRules = Field(default=ScaleUpRules(), description=(
+        "stabilizationWindowSeconds (default 0), and at most max(stepReplicas, stepPercent %) more replicas"
+        " per periodSeconds (default 4 or 100 % per 15 s)"))
+    scale_down: ScaleDownRules = Field(default=ScaleDownRules(), description=(
+        "stabilizationWindowSeconds (default 300), and at most max(stepReplicas, stepPercent %) fewer"
+        " replicas per periodSeconds (default 100 % per 15 s)"))
+    hold_seconds: float = Field(default=120.0, gt=0, le=3600, description=(
+        "with minReplicas 0: how long a router holds a request while no replica is ready, before a 503"))
+    max_held_requests: int = Field(default=1000, ge=0, le=100000, description=(
+        "with minReplicas 0: requests each router holds at most; more get a 503 with Retry-After"))
+
+
 class TemplateMetadata(_Model):
     """The labels and annotations of the replicas' pods."""
 
@@ -211,6 +273,11 @@ _SELECTOR_FIXED_WITH_TEMPLATE = _cel(
     "selector is immutable while the pool has a template (a Deployment's selector cannot change):"
     " delete the pool and create it again, or remove the template first", ".selector")
 
+_AUTOSCALING_NEEDS_TEMPLATE = _cel(
+    "!has(self.autoscaling) || has(self.template)",
+    "autoscaling needs a template: maitred scales only the replicas it runs (for pods picked by a selector,"
+    " scale their own Deployment)", ".autoscaling")
+
 _SOMETHING_TO_ROUTE_TO = _cel(
     "has(self.selector) || has(self.template) || (has(self.endpoints) && size(self.endpoints) > 0)",
     "at least one of selector, template or endpoints is required", reason="FieldValueRequired")
@@ -225,7 +292,7 @@ class PoolSpec(_Model):
     """
 
     model_config = ConfigDict(json_schema_extra=_rules(_SOMETHING_TO_ROUTE_TO, _TEMPLATE_MATCHES_SELECTOR,
-                                                       _SELECTOR_FIXED_WITH_TEMPLATE))
+                                                       _SELECTOR_FIXED_WITH_TEMPLATE, _AUTOSCALING_NEEDS_TEMPLATE))
 
     replicas: int = Field(default=1, ge=0, description=(
         "replicas of the template's Deployment (scale subresource); without a template it is ignored (the"
@@ -254,6 +321,10 @@ class PoolSpec(_Model):
         "upstream timeouts in seconds: connectSeconds, idleSeconds between two chunks, requestSeconds in all"))
     router: RouterSpec = Field(default=RouterSpec(), description=(
         "the router Deployment and Service <name>-router: replicas, port, image, resources, serviceType"))
+    autoscaling: Autoscaling | None = Field(default=None, description=(
+        "scale the template's replicas on load (needs a template): minReplicas (0: scale to zero), maxReplicas,"
+        " metric (queue, in-flight, kv-cache) and its target per replica; spec.replicas is then the"
+        " autoscaler's to set"))
 
 
 class EndpointStatus(_Model):
@@ -276,6 +347,29 @@ class Condition(_Model):
     last_transition_time: str = Field(description="RFC 3339, UTC")
 
 
+class ScaleEvent(_Model):
+    """One change of spec.replicas by the autoscaler."""
+
+    time: str = Field(description="RFC 3339, UTC")
+    from_replicas: int = Field(alias="from")
+    to_replicas: int = Field(alias="to")
+
+
+class AutoscalingStatus(_Model):
+    """What the autoscaler last saw and decided."""
+
+    metric: str
+    target: float
+    value: float | None = Field(default=None, description="the metric's value per ready replica (None: no report)")
+    desired_replicas: int = Field(description="the replica count the autoscaler last set or kept")
+    routers_reporting: int = 0
+    held_requests: int = 0
+    last_scale_time: str | None = None
+    recent_scales: tuple[ScaleEvent, ...] = Field(default=(), max_length=64, description=(
+        "the scale events within the longest step period: the step limits count them across operator restarts"))
+    message: str = ""
+
+
 class PoolStatus(_Model):
     """What the operator observed; `replicas` and `selector` serve the scale subresource (HPA, kubectl scale)."""
 
@@ -288,5 +382,7 @@ class PoolStatus(_Model):
     endpoint_count: int = 0
     table_version: int = 0
     endpoints: tuple[EndpointStatus, ...] = ()
+    autoscaling: AutoscalingStatus | None = None
+    load: str | None = Field(default=None, description="the autoscaling metric's value / target, for kubectl get")
     conditions: tuple[Condition, ...] = Field(default=(), json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})

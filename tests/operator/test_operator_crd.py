@@ -55,4 +55,4 @@ def test_scale_subresource_and_columns():
     assert version["subresources"]["scale"] == {"specReplicasPath": ".spec.replicas",
                                                 "statusReplicasPath": ".status.replicas",
                                                 "labelSelectorPath": ".status.selector"}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Method", "Ready", "Router", "Endpoints", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Method", "Ready", "Router", "Endpoints", "Load", "Age"]

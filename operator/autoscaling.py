@@ -1,0 +1,182 @@
+"""The autoscaler's arithmetic: from the routers' load reports to a replica count, with the semantics of
+Kubernetes' HorizontalPodAutoscaler (pkg/controller/podautoscaler: replica_calculator.go, horizontal.go).
+
+Pure: no I/O and no clock (times are passed in, in seconds), so every rule is tested with plain numbers.
+:mod:`maitred.operator.autoscaler` does the polling and the writing.
+
+1. **Aggregate** the routers' ``/debug/load`` reports (:func:`aggregate`). Every router scrapes the same
+   replicas, so their figures of the replicas (waiting, running, KV cache, live endpoints) are one
+   figure seen several times: the largest is taken. What each router counts of its own (its in-flight
+   requests, the requests it holds during a cold start) is added up.
+2. **The metric's value per ready replica** (:func:`metric_value`): ``queue`` = (waiting + held) / ready,
+   ``in-flight`` = (in-flight + held) / ready, ``kv-cache`` = the mean usage.
+3. **Recommend** (:func:`recommend`): desired = ceil(ready x value / target), or no change while
+   |value / target - 1| <= tolerance. Like HPA it counts only ready replicas: replicas that are starting
+   take no load yet, and counting them would scale up once more for the same load (the duplicate step an
+   operator restarted mid-scale would otherwise take). From zero ready replicas, any demand (a held
+   request) asks for ceil(demand / target), at least 1.
+4. **Stabilize** (:meth:`Recommender.decide`): up to the least recommendation of the scale-up window, down
+   to the greatest of the scale-down window (HPA's ``stabilizationWindowSeconds``); then the step limits,
+   at most max(stepReplicas, stepPercent %) per period, counted over the scale events of that period;
+   then [minReplicas, maxReplicas].
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from maitred.operator.models import Autoscaling
+
+
+@dataclass(frozen=True)
+class PoolLoad:
+    """A pool's load, aggregated over its routers' reports.
+
+    `live`: endpoints live (largest report); `waiting`, `running`: requests at the replicas (None: no
+    replica reports it); `kv_cache_usage`: mean 0..1 (None: none reports it); `in_flight`, `held`:
+    requests open to the replicas, and held for a cold start, summed over the routers; `routers`: the
+    reports aggregated.
+    """
+
+    live: int = 0
+    waiting: float | None = None
+    running: float | None = None
+    kv_cache_usage: float | None = None
+    in_flight: float = 0.0
+    held: int = 0
+    routers: int = 0
+
+
+def aggregate(reports: Iterable[Mapping]) -> PoolLoad:
+    """One :class:`PoolLoad` from the routers' ``/debug/load`` answers (camelCase dicts, see the router's README)."""
+    reports = list(reports)
+
+    def largest(key: str) -> float | None:
+        values = [r[key] for r in reports if r.get(key) is not None]
+        return max(values) if values else None
+
+    return PoolLoad(
+        live=int(largest("liveEndpoints") or 0),
+        waiting=largest("waiting"),
+        running=largest("running"),
+        kv_cache_usage=largest("kvCacheUsage"),
+        in_flight=float(sum(r.get("inFlight") or 0 for r in reports)),
+        held=int(sum(r.get("held") or 0 for r in reports)),
+        routers=len(reports),
+    )
+
+
+def metric_value(load: PoolLoad, metric: str) -> float | None:
+    """The value of `metric` per ready replica; None when it cannot be known (no ready replica, or the
+    replicas do not report the figure). Raises ValueError for an unknown metric."""
+    if metric == "kv-cache":
+        return load.kv_cache_usage if load.live else None
+    if metric == "queue":
+        demand = None if load.waiting is None and not load.held else (load.waiting or 0.0) + load.held
+    elif metric == "in-flight":
+        demand = load.in_flight + load.held
+    else:
+        raise ValueError(f"unknown autoscaling metric {metric!r}")
+    if demand is None or not load.live:
+        return None
+    return demand / load.live
+
+
+def demand(load: PoolLoad, metric: str) -> float:
+    """Requests that ask for a replica while none is ready: those held, and any the replicas report."""
+    if metric == "queue":
+        return load.held + (load.waiting or 0.0)
+    if metric == "in-flight":
+        return load.held + load.in_flight
+    return float(load.held)
+
+
+def recommend(load: PoolLoad, spec: Autoscaling, current: int) -> tuple[int, str]:
+    """The replica count the load asks for (before stabilization and limits), and why, for the Event.
+
+    `current`: spec.replicas now. Without a value (no ready replica, no report) the recommendation is
+    `current`, except a pool that demand finds with no ready replica: ceil(demand / target), at least 1
+    (kv-cache: 1).
+    """
+    value = metric_value(load, spec.metric)
+    target = _number(spec.target)
+    if value is None:
+        wanted = demand(load, spec.metric)
+        if not load.live and wanted > 0:
+            count = 1 if spec.metric == "kv-cache" else max(1, math.ceil(wanted / spec.target))
+            return count, f"{_number(wanted)} request(s) waiting and no replica ready"
+        return current, "no load report"
+    why = f"{spec.metric} {_number(value)} per replica, target {target}"
+    ratio = value / spec.target
+    if abs(ratio - 1.0) <= spec.tolerance + 1e-9:  # 4.4 / 4 is 1.1000000000000001
+        return current, why + " (within tolerance)"
+    return math.ceil(load.live * ratio - 1e-9), why
+
+
+@dataclass(frozen=True)
+class ScaleStep:
+    """One change of the replica count, `at` (s, on the caller's clock) from `before` to `after`."""
+
+    at: float
+    before: int
+    after: int
+
+
+class Recommender:
+    """The stabilization windows and step limits of one pool (HPA's behavior), over time.
+
+    `started_at` (s): when this operator began to watch the pool. Its recommendations are kept in memory,
+    so a restarted operator knows none from before: it does not scale down until it has watched for a
+    whole scale-down window (HPA would take its first recommendation alone as the window's). The scale
+    events that the step limits count are given by the caller (kept in the pool's status), so they
+    survive a restart.
+    """
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self._recommendations: deque[tuple[float, int]] = deque()
+
+    def decide(self, now: float, spec: Autoscaling, current: int, recommended: int,
+               steps: Iterable[ScaleStep] = ()) -> int:
+        """The replica count to set at `now` (s): `recommended` stabilized, limited and clamped.
+
+        `current`: the count the autoscaler set last (or spec.replicas); `steps`: the recent scale events.
+        """
+        self._recommendations.append((now, recommended))
+        longest = max(spec.scale_up.stabilization_window_seconds, spec.scale_down.stabilization_window_seconds)
+        while self._recommendations and self._recommendations[0][0] < now - longest:
+            self._recommendations.popleft()
+        up_cutoff = now - spec.scale_up.stabilization_window_seconds
+        down_cutoff = now - spec.scale_down.stabilization_window_seconds
+        up = min([r for t, r in self._recommendations if t >= up_cutoff] or [recommended])
+        down = max([r for t, r in self._recommendations if t >= down_cutoff] or [recommended])
+        if now - self.started_at < spec.scale_down.stabilization_window_seconds:
+            down = max(down, current)  # a window not yet watched in full: no scale-down
+        desired = up if up > current else down if down < current else current
+        desired = _limit_step(now, spec, current, desired, list(steps))
+        return max(spec.min_replicas, min(spec.max_replicas, desired))
+
+
+def _limit_step(now: float, spec: Autoscaling, current: int, desired: int, steps: list[ScaleStep]) -> int:
+    """`desired` within the step limits, counting the changes of the limit's period (HPA's policies, selectPolicy Max)."""
+    if desired > current:
+        rules = spec.scale_up
+        added = sum(s.after - s.before for s in steps if s.at > now - rules.period_seconds and s.after > s.before)
+        start = current - added  # the count at the start of the period
+        ceiling = max(start + rules.step_replicas, math.ceil(start * (1 + rules.step_percent / 100)))
+        return max(current, min(desired, ceiling))
+    if desired < current:
+        rules = spec.scale_down
+        removed = sum(s.before - s.after for s in steps if s.at > now - rules.period_seconds and s.after < s.before)
+        start = current + removed
+        floor = min(start - rules.step_replicas, math.floor(start * (1 - rules.step_percent / 100)))
+        return min(current, max(desired, floor))
+    return desired
+
+
+def _number(value: float) -> str:
+    """A figure for people: 7.5, 2, 0.42."""
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
