@@ -1,10 +1,11 @@
 """The router's ASGI app: the raw proxy for `/v1/*`, FastAPI for everything else.
 
 Control paths: `/healthz` (alive), `/readyz` (a table with a live endpoint is loaded), `/metrics`
-(Prometheus), `/debug/table` (the table and each endpoint's state), and `GET /v1/models`.
+(Prometheus), `/debug/table` (the table and each endpoint's state), `/debug/load` (the pool's load, which
+the operator autoscales on: :meth:`~maitred.router.core.Router.load_report`), and `GET /v1/models`.
 
 With an admin port (`--admin-port`, as Envoy keeps its admin interface apart), `/metrics` and
-`/debug/table` are served there only, so that a Service or load balancer in front of the traffic
+`/debug/*` are served there only, so that a Service or load balancer in front of the traffic
 port never exposes them: the traffic port answers them 404, and the admin port serves nothing but
 them, `/healthz` and `/readyz`. Both ports are sockets of one server; a request's port tells them apart.
 """
@@ -30,7 +31,7 @@ from maitred.router.proxy import Proxy
 #: A table source: a coroutine that feeds tables to the router until cancelled.
 TableSource = Callable[[Router], Awaitable[None]]
 #: With an admin port: the paths served there and not on the traffic port.
-ADMIN_ONLY = frozenset({"/metrics", "/debug/table"})
+ADMIN_ONLY = frozenset({"/metrics", "/debug/table", "/debug/load"})
 #: With an admin port: everything it serves.
 ADMIN_PATHS = ADMIN_ONLY | {"/healthz", "/readyz"}
 
@@ -111,6 +112,10 @@ def _control_app(router: Router, source: TableSource | None, checks: bool) -> Fa
     @app.get("/debug/table")
     async def debug_table() -> Response:
         return _json(router.snapshot())
+
+    @app.get("/debug/load")
+    async def debug_load() -> Response:
+        return _json(router.load_report())
 
     @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: Request) -> Response:

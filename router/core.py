@@ -22,7 +22,8 @@ import aiohttp
 from maitred.router.balancing import Balancer, make_balancer
 from maitred.router.endpoints import EndpointRegistry, EndpointState
 from maitred.router.health import HealthChecker
-from maitred.router.load import LoadScraper
+from maitred.router.hold import ColdStartHold
+from maitred.router.load import LoadScraper, pool_load
 from maitred.router.metrics import RouterMetrics
 from maitred.router.shared import SlotAllocator
 from maitred.router.limits import DEFAULT_MAX_BODY_BYTES
@@ -44,7 +45,8 @@ class Router:
         self.shared, self.worker, self._publish = shared, worker, publish
         self.slots = SlotAllocator(shared.slots) if shared is not None and worker < 0 else None
         self.endpoints = EndpointRegistry(on_health_change=self._health_changed, shared=shared, worker=worker)
-        self.metrics = RouterMetrics(self.endpoints, shared=shared)
+        self.hold = ColdStartHold(shared=shared, worker=worker)
+        self.metrics = RouterMetrics(self.endpoints, shared=shared, held=lambda: self.hold.held)
         self.health = HealthChecker(self.endpoints)
         self.load = LoadScraper(self.endpoints)
         self.balancer: Balancer | None = None
@@ -101,9 +103,10 @@ class Router:
         if self._publish is not None:
             self._publish()
         self.health.kick()
+        self.hold.wake()
         if not table.endpoints:
-            log.warning("routing table %s version %d has no endpoints: every request gets 503", table.pool,
-                        table.version)
+            log.warning("routing table %s version %d has no endpoints: every request %s", table.pool,
+                        table.version, "is held for a cold start" if table.cold_start else "gets 503")
         log.info("routing table %s version %d applied: %s, %d endpoints (added %s, removed %s)",
                  table.pool, table.version, table.method, len(table.endpoints),
                  ", ".join(change.added) or "none", ", ".join(change.removed) or "none")
@@ -121,6 +124,8 @@ class Router:
     def _health_changed(self, state: EndpointState) -> None:
         if not state.healthy:
             self.metrics.ejections.labels(state.id).inc()
+        else:
+            self.hold.wake()
 
     @property
     def ready(self) -> bool:
@@ -134,6 +139,20 @@ class Router:
         return {"index": index, "pid": status["pid"], "listening": bool(status["listening"]),
                 "tableVersion": status["table_version"],
                 "tableLagMs": round((status["applied_at_ns"] - shared.published_at_ns) / 1e6, 3) if current else None}
+
+    def load_report(self) -> dict:
+        """The pool's load as this router sees it, for /debug/load (the operator autoscales on it).
+
+        ``{"pool", "tableVersion", "endpoints", "liveEndpoints", "reporting", "waiting", "running",
+        "kvCacheUsage", "inFlight", "held"}``: see :class:`~maitred.router.load.PoolLoad`; `held` is
+        the requests held for a cold start (:mod:`maitred.router.hold`); pool and version None without a table.
+        """
+        table = self.endpoints.table
+        load = pool_load(self.endpoints)
+        return {"pool": table.pool if table else None, "tableVersion": table.version if table else None,
+                "endpoints": load.endpoints, "liveEndpoints": load.live, "reporting": load.reporting,
+                "waiting": load.waiting, "running": load.running, "kvCacheUsage": load.kv_cache_usage,
+                "inFlight": load.in_flight, "held": self.hold.held}
 
     def snapshot(self) -> dict:
         """The table and each endpoint's live state, for /debug/table."""

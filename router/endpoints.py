@@ -48,6 +48,7 @@ class EndpointState:
     reported_waiting: float | None = None
     reported_running: float | None = None
     reported_kv_cache_usage: float | None = None
+    reported_at: float | None = None  # when the report came: monotonic_s(), comparable across processes
     in_flight_at_report: int = 0
 
     def acquire(self) -> None:
@@ -199,6 +200,7 @@ class SharedEndpointState(EndpointState):
     reported_waiting = _shared_figure("reported_waiting", none_is_nan=True)
     reported_running = _shared_figure("reported_running", none_is_nan=True)
     reported_kv_cache_usage = _shared_figure("reported_kv_cache_usage", none_is_nan=True)
+    reported_at = _shared_figure("reported_at", none_is_nan=True)
 
     def snapshot(self) -> dict:
         data = self._snapshot()
@@ -298,5 +300,5 @@ def _update(state: EndpointState, endpoint: Endpoint) -> None:
 
 
 def monotonic_s() -> float:
-    """The router's clock, in seconds (monotonic)."""
+    """The router's clock, in seconds (CLOCK_MONOTONIC: one clock for all the router's processes)."""
     return time.monotonic()

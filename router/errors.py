@@ -30,8 +30,9 @@ async def send_error(
     code: str,
     param: str | None = None,
     request_id: bytes = b"",
+    retry_after_s: int = 1,
 ) -> None:
-    """Answer a request with the router's own error."""
+    """Answer a request with the router's own error; a 503 carries `Retry-After: retry_after_s` (s)."""
     body = error_body(message, type_, code, param)
     headers = [
         (b"content-type", b"application/json"),
@@ -41,6 +42,7 @@ async def send_error(
     if request_id:
         headers.append((b"x-request-id", request_id))
     if status == 503:
-        headers.append((b"retry-after", b"1"))  # no endpoint now; health checks may bring one back soon
+        # No endpoint now; health checks may bring one back soon (a cold start takes longer).
+        headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

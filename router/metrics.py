@@ -15,6 +15,15 @@ Names follow Prometheus' conventions (base units, `_total` on counters); times a
 | `maitred_streams_broken_total` | counter | endpoint, reason | answers cut off after they began (reset, timeout, malformed) |
 | `maitred_table_loads_total` | counter | result | applied, rejected |
 | `maitred_requests_in_flight`, `maitred_endpoint_healthy`, `maitred_table_version` | gauge | endpoint (the first two) | read from the live state at scrape time |
+| `maitred_endpoints_live` | gauge | - | endpoints taking traffic now (0 too, where `maitred_endpoint_healthy` has no series) |
+| `maitred_requests_held` | gauge | - | requests held for a cold start now (:mod:`maitred.router.hold`) |
+| `maitred_pool_requests_waiting`, `maitred_pool_requests_running` | gauge | - | sums of the replicas' fresh load reports (no sample while none reports) |
+| `maitred_pool_kv_cache_usage_ratio` | gauge | - | mean KV-cache usage (0..1) of the replicas that report it (no sample while none does) |
+
+The last four are what an autoscaler reads (as `/debug/load` shows them, :func:`maitred.router.load.pool_load`);
+like the other live gauges they come from the shared block at scrape time, so any worker reports the router
+as a whole. None carries a `pool` label, as no other metric does: one router serves one pool, and the
+PodMonitor adds `pool` (and `namespace`, `pod`) to every series it scrapes.
 
 The `model` label is bounded: with a table that lists models, it is one of them or `other`
 (unlisted, or none given); with no models listed, the first `MAX_UNLISTED_MODELS` names this
@@ -37,7 +46,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -45,6 +54,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from maitred.router.endpoints import EndpointRegistry
+from maitred.router.load import pool_load
 from maitred.router.usage import Usage
 
 # Seconds; LLM requests range from milliseconds (embeddings) to many minutes (long generations).
@@ -136,9 +146,10 @@ class _Series:
 class RouterMetrics:
     """The metric families; `registry` is what `/metrics` exports (call :meth:`flush` first)."""
 
-    def __init__(self, endpoints: EndpointRegistry, shared=None) -> None:
+    def __init__(self, endpoints: EndpointRegistry, shared=None, held: Callable[[], int] = lambda: 0) -> None:
         """With `shared`, the counters go to this process's multiprocess file, and `registry`
-        exports every process's (read from $PROMETHEUS_MULTIPROC_DIR) instead of this one's."""
+        exports every process's (read from $PROMETHEUS_MULTIPROC_DIR) instead of this one's.
+        `held()`: the requests the router holds for a cold start now."""
         r = CollectorRegistry(auto_describe=True)
         per_request = ["endpoint", "model"]
         self.requests = Counter("maitred_requests", "Requests answered, by endpoint, model and status.",
@@ -180,7 +191,7 @@ class RouterMetrics:
         else:
             self.registry = CollectorRegistry(auto_describe=True)
             MultiProcessCollector(self.registry)
-        self.registry.register(_LiveStateCollector(endpoints))
+        self.registry.register(_LiveStateCollector(endpoints, held))
         self._endpoints = endpoints
         self._pending: list[_Counter | _Histogram] = []
         self._series: dict[tuple[str, str], _Series] = {}
@@ -265,8 +276,10 @@ class RouterMetrics:
 
 
 class _LiveStateCollector(Collector):
-    def __init__(self, endpoints: EndpointRegistry) -> None:
-        self._endpoints = endpoints
+    """The gauges read from the live state (the shared block with several workers) at each scrape."""
+
+    def __init__(self, endpoints: EndpointRegistry, held: Callable[[], int]) -> None:
+        self._endpoints, self._held = endpoints, held
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         in_flight = GaugeMetricFamily("maitred_requests_in_flight", "Requests in flight, by endpoint.",
@@ -279,3 +292,18 @@ class _LiveStateCollector(Collector):
         version = GaugeMetricFamily("maitred_table_version", "Version of the routing table in use (-1: none).",
                                     value=table.version if table else -1)
         yield from (in_flight, healthy, version)
+        yield from self._pool_load()
+
+    def _pool_load(self) -> Iterator[GaugeMetricFamily]:
+        load = pool_load(self._endpoints)
+        yield GaugeMetricFamily("maitred_endpoints_live", "Endpoints taking traffic now.", value=load.live)
+        yield GaugeMetricFamily("maitred_requests_held", "Requests held for a cold start now (no live endpoint yet).",
+                                value=self._held())
+        for name, value, what in (
+                ("maitred_pool_requests_waiting", load.waiting, "Requests waiting in the replicas' queues, summed"),
+                ("maitred_pool_requests_running", load.running, "Requests running on the replicas, summed"),
+                ("maitred_pool_kv_cache_usage_ratio", load.kv_cache_usage, "Mean KV-cache usage (0..1)")):
+            family = GaugeMetricFamily(name, f"{what} over the live replicas with a fresh load report.")
+            if value is not None:  # nothing reports: no sample, rather than NaN
+                family.add_metric([], value)
+            yield family

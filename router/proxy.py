@@ -5,7 +5,8 @@ added latency. Per request:
 
 1. admit it (:mod:`maitred.router.admission`: 431, 413, 400, 404);
 2. pick an endpoint with the table's method, count it in flight, send upstream over a pooled
-   keep-alive connection;
+   keep-alive connection (none live and the table has `coldStart`: hold it until one is,
+   :mod:`maitred.router.hold`);
 3. before anything reached the client, a connection failure (or a status the table lists) is
    retried on another endpoint; after that, a failure ends an SSE stream with an error event;
 4. pass status, headers and body through unchanged, chunk by chunk for streams;
@@ -43,6 +44,7 @@ from maitred.router.balancing import RequestView
 from maitred.router.endpoints import EndpointState, monotonic_s
 from maitred.router.errors import send_error, sse_error_event
 from maitred.router.health import describe
+from maitred.router.hold import RETRY_AFTER_S
 from maitred.router.metrics import NO_ENDPOINT
 from maitred.router.usage import Usage, usage_of_body, usage_of_tail
 
@@ -228,11 +230,22 @@ class Proxy:
         tried: list[EndpointState] = []
         retry: _Retry | None = None
         view = RequestView(parsed, scope["headers"], table.affinity) if table is not None else None
+        hold_until = None
         while True:
             live = endpoints.live
             candidates = [e for e in live if e not in tried] if tried else live
             if not candidates:
-                return await self._no_endpoint(send, request_id, outcome, table, tried, retry)
+                if tried or table is None or table.cold_start is None:
+                    return await self._no_endpoint(send, request_id, outcome, table, tried, retry)
+                # A cold start: wait for a replica (once the deadline is set, a live set that emptied again
+                # between two looks waits only for what is left of it).
+                hold_until = hold_until or time.monotonic() + table.cold_start.hold_seconds
+                refused = await self._hold(table.cold_start, hold_until - time.monotonic())
+                if refused is not None:
+                    return await self._cold_start_refused(send, request_id, outcome, table, refused)
+                table = endpoints.table
+                view = RequestView(parsed, scope["headers"], table.affinity)
+                continue
             if retry is not None and len(tried) > table.retries.attempts:
                 return await self._fail(send, retry.status, retry.reason, retry.code, request_id, outcome)
             endpoint = self.router.balancer.pick(candidates, view)
@@ -248,6 +261,30 @@ class Proxy:
             if retry is None:
                 return
             self.router.metrics.retries.labels(endpoint.id, retry.code).inc()
+
+    async def _hold(self, cold_start, timeout_s: float) -> str | None:
+        """Hold the request until an endpoint is live, at most `timeout_s` (s), within the table's bound
+        on requests held. None once one is live (or the table holds no more); else the refusal's code."""
+        hold, endpoints = self.router.hold, self.router.endpoints
+        if not hold.enter(cold_start.max_requests):
+            return "cold_start_queue_full"
+        try:
+            ready = await hold.wait(lambda: bool(endpoints.live) or endpoints.table.cold_start is None, timeout_s)
+        finally:
+            hold.leave()
+        return None if ready else "cold_start_timeout"
+
+    async def _cold_start_refused(self, send, request_id, outcome, table, code) -> None:
+        cold_start = table.cold_start
+        if code == "cold_start_queue_full":
+            message = (f"pool {table.pool} is scaling up from zero replicas and {cold_start.max_requests} requests "
+                       f"already wait for one; retry later")
+        else:
+            message = (f"no replica of pool {table.pool} became ready within {cold_start.hold_seconds:g} s "
+                       f"while the pool scales up from zero; retry later")
+        outcome.status, outcome.error = 503, message
+        await send_error(send, 503, message, "service_unavailable", code, request_id=request_id,
+                         retry_after_s=RETRY_AFTER_S)
 
     async def _no_endpoint(self, send, request_id, outcome, table, tried, retry) -> None:
         outcome.status = 503

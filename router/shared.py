@@ -8,7 +8,8 @@ router as a whole: in-flight counts, health, the latency EWMA and the replica's 
 Who writes what, so that no cell needs a lock:
 
 - per (slot, worker) counters (in flight, requests, failures): only that worker, and a reader sums
-  the row of the slot (as Envoy's per-worker stats are summed by its main thread);
+  the row of the slot (as Envoy's per-worker stats are summed by its main thread); so too the
+  per-worker count of requests held for a cold start (:mod:`maitred.router.hold`);
 - per-slot figures (health, consecutive failures, latency, reported load): any process, whole
   8-byte values, which x86-64 and arm64 write and read untorn. A race can lose one increment of
   the consecutive-failure count; ejection then waits for one more failure, as it would without
@@ -39,9 +40,10 @@ NO_SAMPLE = math.nan
 _HEADER = ("table_generation", "health_generation", "published_at_ns")
 _PER_WORKER = ("in_flight", "requests_total", "failures_total")
 _PER_WORKER_STATUS = ("pid", "listening", "table_version", "applied_at_ns", "table_generation")
+_PER_WORKER_COUNT = ("held",)
 _PER_SLOT_INT = ("healthy", "consecutive_failures", "ejections_total", "in_flight_at_report")
 _PER_SLOT_FLOAT = ("latency_ewma_ms", "latency_sampled_at", "reported_waiting", "reported_running",
-                   "reported_kv_cache_usage")
+                   "reported_kv_cache_usage", "reported_at")
 
 
 class SharedState:
@@ -53,7 +55,7 @@ class SharedState:
 
     def __init__(self, path: Path, workers: int, slots: int = DEFAULT_SLOTS, create: bool = False) -> None:
         self.workers, self.slots = workers, slots
-        ints = len(_HEADER) + workers * len(_PER_WORKER_STATUS) + slots * (
+        ints = len(_HEADER) + workers * (len(_PER_WORKER_STATUS) + len(_PER_WORKER_COUNT)) + slots * (
             workers * len(_PER_WORKER) + len(_PER_SLOT_INT))
         floats = slots * len(_PER_SLOT_FLOAT)
         size = 8 * (ints + floats) + slots * REASON_BYTES
@@ -79,6 +81,8 @@ class SharedState:
 
         self._header = take(int_view, len(_HEADER))
         self._worker_status = {f: take(int_view, workers) for f in _PER_WORKER_STATUS}
+        #: Requests each worker holds for a cold start now (each writes its own cell; readers sum).
+        self.held_cells = take(int_view, workers)
         # Rows laid out slot-major, so that one slot's cells across workers are contiguous.
         self._per_worker = {f: take(int_view, slots * workers) for f in _PER_WORKER}
         self._per_slot = {f: take(int_view, slots) for f in _PER_SLOT_INT}
@@ -158,10 +162,11 @@ class SharedState:
         return list(cells[start:start + self.workers])
 
     def clear_worker(self, worker: int) -> None:
-        """Zero a (re)started worker's in-flight cells: the requests they counted died with it."""
+        """Zero a (re)started worker's in-flight and held cells: the requests they counted died with it."""
         cells = self.in_flight_cells
         for slot in range(self.slots):
             cells[slot * self.workers + worker] = 0
+        self.held_cells[worker] = 0
 
     def set_worker_status(self, worker: int, **values: int) -> None:
         """Record a worker's pid, applied table version, generation and when (CLOCK_MONOTONIC ns)."""
@@ -174,7 +179,7 @@ class SharedState:
     def close(self) -> None:
         """Unmap the block (the file stays until the run folder is removed)."""
         for view in (self.in_flight_cells, self.requests_cells, self.failures_cells, self.healthy_cells,
-                     self._header, self._reasons, *self._worker_status.values(), *self._per_worker.values(),
+                     self.held_cells, self._header, self._reasons, *self._worker_status.values(), *self._per_worker.values(),
                      *self._per_slot.values(), self._buf):
             view.release()
         self._map.close()

@@ -7,7 +7,8 @@ A routing table is one JSON document, for example::
      "endpoints": [{"id": "llama-8b-7d9f-abcde", "url": "http://10.1.2.3:8000", "weight": 1}],
      "healthCheck": {"path": "/health", "periodSeconds": 5},
      "retries": {"attempts": 2}, "timeouts": {"connectSeconds": 3},
-     "affinity": {"sessionHeader": "x-session-id", "loadFactor": 1.25}}
+     "affinity": {"sessionHeader": "x-session-id", "loadFactor": 1.25},
+     "coldStart": {"holdSeconds": 120, "maxRequests": 1000}, "scrapeLoad": true}
 
 Both sides validate it with :class:`RoutingTable`, so a table the operator can write is one the
 router can read. Field names are camelCase on the wire, as in Kubernetes.
@@ -121,8 +122,25 @@ class Affinity(_Model):
         return name.lower()
 
 
+class ColdStart(_Model):
+    """Holding requests while the pool scales up from zero replicas (the operator writes it when the pool's
+    `spec.autoscaling.minReplicas` is 0).
+
+    A request that finds no live endpoint waits up to `hold_seconds` (s) for one, instead of a 503 at once;
+    at most `max_requests` wait at once in one router (all its worker processes), and the next gets 503.
+    """
+
+    hold_seconds: float = Field(default=120.0, gt=0, description="longest wait for a live endpoint, in s")
+    max_requests: int = Field(default=1000, ge=0, description="requests held at once per router; 0 holds none")
+
+
 class RoutingTable(_Model):
-    """A pool's routing table. Raises :class:`pydantic.ValidationError` on a bad document."""
+    """A pool's routing table. Raises :class:`pydantic.ValidationError` on a bad document.
+
+    `cold_start`: None answers a request with no live endpoint 503 at once; set, it is held (see
+    :class:`ColdStart`). `scrape_load`: scrape the replicas' load reports (:mod:`maitred.router.load`) even
+    if the method reads none, for `/debug/load` and the pool-load metrics an autoscaler reads.
+    """
 
     pool: str = "default"
     version: int = Field(default=0, ge=0)
@@ -133,6 +151,8 @@ class RoutingTable(_Model):
     retries: Retries = Retries()
     timeouts: Timeouts = Timeouts()
     affinity: Affinity = Affinity()
+    cold_start: ColdStart | None = None
+    scrape_load: bool = Field(default=False, strict=True)
 
     @field_validator("endpoints")
     @classmethod

@@ -213,12 +213,14 @@ def worker_main(spec: WorkerSpec, index: int, supervisor_pid: int) -> None:
 async def follow_tables(run_dir: Path, router, supervisor_pid: int) -> None:
     """Apply each table the supervisor publishes (checked every `FOLLOW_PERIOD_S`), until cancelled.
 
-    Also stops this worker (SIGTERM to itself, so that open requests drain) if the supervisor is gone.
+    Wakes the requests held for a cold start when a verdict changed (the supervisor's health checks
+    write them; a table applied wakes them itself). Also stops this worker (SIGTERM to itself, so that
+    open requests drain) if the supervisor is gone.
     """
     from maitred.router.table import RoutingTable
 
     shared, index = router.shared, router.worker
-    seen = -1
+    seen = health_seen = -1
     while True:
         generation = shared.table_generation
         if generation != seen:
@@ -227,6 +229,9 @@ async def follow_tables(run_dir: Path, router, supervisor_pid: int) -> None:
             table = router.endpoints.table
             shared.set_worker_status(index, table_version=table.version if table else -1,
                                      applied_at_ns=time.monotonic_ns(), table_generation=generation)
+        if shared.health_generation != health_seen:
+            health_seen = shared.health_generation
+            router.hold.wake()
         if os.getppid() != supervisor_pid:
             log.error("the supervisor (pid %d) is gone; stopping", supervisor_pid)
             os.kill(os.getpid(), signal.SIGTERM)

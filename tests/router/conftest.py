@@ -28,9 +28,10 @@ class Fleet:
             backend.wait_ready()
         return new
 
-    def sims(self, *names: str) -> list[SimProcess]:
-        """Start `maitred sim` replicas named `names` in parallel; returns them once all are healthy."""
-        new = [SimProcess(name, self.work_dir) for name in names]
+    def sims(self, *names: str, flags: tuple[str, ...] = ()) -> list[SimProcess]:
+        """Start `maitred sim` replicas named `names` in parallel, each with the command-line `flags`
+        (e.g. ("--max-num-seqs", "1")); returns them once all are healthy."""
+        new = [SimProcess(name, self.work_dir, *flags) for name in names]
         self.processes.extend(new)
         for sim in new:
             sim.wait_ready()
