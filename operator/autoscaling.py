@@ -102,14 +102,14 @@ def recommend(load: PoolLoad, spec: Autoscaling, current: int) -> tuple[int, str
     (kv-cache: 1).
     """
     value = metric_value(load, spec.metric)
-    target = _number(spec.target)
+    target = figure(spec.target)
     if value is None:
         wanted = demand(load, spec.metric)
         if not load.live and wanted > 0:
             count = 1 if spec.metric == "kv-cache" else max(1, math.ceil(wanted / spec.target))
-            return count, f"{_number(wanted)} request(s) waiting and no replica ready"
+            return count, f"{figure(wanted)} request(s) waiting and no replica ready"
         return current, "no load report"
-    why = f"{spec.metric} {_number(value)} per replica, target {target}"
+    why = f"{spec.metric} {figure(value)} per replica, target {target}"
     ratio = value / spec.target
     if abs(ratio - 1.0) <= spec.tolerance + 1e-9:  # 4.4 / 4 is 1.1000000000000001
         return current, why + " (within tolerance)"
@@ -177,6 +177,6 @@ def _limit_step(now: float, spec: Autoscaling, current: int, desired: int, steps
     return desired
 
 
-def _number(value: float) -> str:
+def figure(value: float) -> str:
     """A figure for people: 7.5, 2, 0.42."""
     return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))

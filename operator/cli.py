@@ -34,6 +34,9 @@ def operator_command(
                                                     " all).")] = None,
     liveness: Annotated[Optional[str], typer.Option(help="Serve a liveness probe, e.g."
                                                     " http://0.0.0.0:8081/healthz.")] = None,
+    autoscale_period: Annotated[float, typer.Option(
+        help="Seconds between two evaluations of an autoscaled pool (its routers' load reports).",
+        min=0.1, max=600)] = 3.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text (for people) or json (one object a line, for log"
                                             " collectors).")] = "text",
@@ -64,7 +67,7 @@ def operator_command(
         raise typer.Exit(1) from None
     memo = kopf.Memo(router_image=router_image, router_defaults=_router_pod_defaults(router_pod_defaults),
                      kubeconfig=str(kubeconfig) if kubeconfig else None,
-                     namespaces=namespaces)
+                     namespaces=namespaces, autoscale_period_s=autoscale_period)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,

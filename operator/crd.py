@@ -6,7 +6,7 @@ file in ``crds/`` is what this module generates, so the operator and the API ser
 Pydantic emits JSON Schema (2020-12); the API server wants a *structural* OpenAPI v3 schema. The
 translation: ``$ref`` inlined, ``Optional[X]`` becomes X (absent means None), ``int | str`` becomes
 ``x-kubernetes-int-or-string``, a number ``exclusiveMinimum`` becomes ``minimum`` + ``exclusiveMinimum:
-true``, open objects become ``x-kubernetes-preserve-unknown-fields``, and a default that is a whole
+true`` (and so for the maximum), open objects become ``x-kubernetes-preserve-unknown-fields``, and a default that is a whole
 object becomes ``{}`` so that the API server fills in the nested defaults itself.
 """
 
@@ -83,6 +83,8 @@ def _finish(node: dict, defs: dict) -> dict:
             continue  # see patternProperties
         elif key == "exclusiveMinimum":
             out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum":
+            out["maximum"], out["exclusiveMaximum"] = value, True
         elif key == "default":
             if value is None:
                 continue

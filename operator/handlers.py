@@ -32,6 +32,7 @@ import aiohttp
 import kopf
 
 from maitred.operator import models, timing
+from maitred.operator.autoscaler import DEFAULT_PERIOD_S, Autoscalers, PoolAutoscaler, router_pods_of
 from maitred.operator.children import router_name
 from maitred.operator.kube import Kube, object_path
 from maitred.operator.peering import Standing
@@ -77,10 +78,22 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     memo.pools = Pools(lambda body, worker: _reconcile(memo, body, worker))
     memo.pods = PodCache(memo.kube, memo.get("namespaces") or (), on_change=memo.pools.kick_for_pod)
     memo.pods.start()
+    # The autoscalers' own HTTP client, for the router pods' load reports (no proxy: pod IPs).
+    memo.http = aiohttp.ClientSession(trust_env=False)
+    memo.autoscalers = Autoscalers(lambda namespace, name: PoolAutoscaler(
+        namespace, name, kube=memo.kube, http=memo.http, may_act=lambda ns: _may_act(memo, ns),
+        router_pods=lambda: router_pods_of(memo.pods.pods(namespace), name),
+        period_s=memo.get("autoscale_period_s") or DEFAULT_PERIOD_S))
+
+
+async def _may_act(memo: kopf.Memo, namespace: str) -> bool:
+    return memo.get("standing") is None or await memo.standing.may_act(namespace)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_) -> None:
+    await memo.autoscalers.stop()
+    await memo.http.close()
     await memo.pools.stop()
     await memo.pods.stop()
     await memo.kube.close()
@@ -90,7 +103,9 @@ async def stop(memo: kopf.Memo, **_) -> None:
 async def pool_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_) -> None:
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         await memo.pools.forget(body.metadata["namespace"], body.metadata["name"])
+        await memo.autoscalers.forget(body.metadata["namespace"], body.metadata["name"])
     else:
+        memo.autoscalers.sync(dict(body))
         # A MODIFIED with the same generation is a status write (most often our own): nothing to do.
         memo.pools.upsert(dict(body), kick=type != "MODIFIED" or memo.pools.generation_changed(body))
 

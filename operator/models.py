@@ -207,9 +207,8 @@ class Autoscaling(_Model):
     """
 
     model_config = ConfigDict(json_schema_extra=_rules(
-        _cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas", ".minReplicas",
-             message_expression="'minReplicas (' + string(self.minReplicas) + ') must not exceed maxReplicas ('"
-                                " + string(self.maxReplicas) + ')'"),
+        _cel("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+             "minReplicas must not exceed maxReplicas", ".minReplicas"),
         _cel("self.metric != 'kv-cache' || self.target <= 1.0",
              "the target of kv-cache is a share of the KV cache: 0 < target <= 1", ".target"),
     ))

@@ -274,7 +274,9 @@ async def _write_status(kube: Kube, pool: PoolRef, body: dict, out: Outcome, las
     current = body.get("status") or {}
     status = status_patch(compute_status(obs, current or last_status))
     out.status = status
-    if status == current or stale(current, pool.generation):
+    # The autoscaler's fields are its own to write (a merge patch leaves them be).
+    mine = {k: v for k, v in current.items() if k not in AUTOSCALER_STATUS_FIELDS}
+    if status == mine or stale(current, pool.generation):
         return
     try:
         await kube.patch_pool_status(pool.namespace, pool.name, status,
@@ -285,6 +287,10 @@ async def _write_status(kube: Kube, pool: PoolRef, body: dict, out: Outcome, las
             return
         out.transient = out.transient or exc.transient
         out.errors.append(f"status: {exc.message or exc}")
+
+
+#: The fields of the status that :mod:`maitred.operator.autoscaler` writes.
+AUTOSCALER_STATUS_FIELDS = frozenset({"autoscaling", "load"})
 
 
 def stale(current: dict, generation: int | None) -> bool:

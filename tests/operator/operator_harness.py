@@ -56,7 +56,8 @@ class OperatorProcess:
     """``maitred operator --namespace NS`` with peering (KopfPeering in NS) unless `standalone`."""
 
     def __init__(self, kubeconfig: str, namespace: str, log_path: Path, *, priority: int | None = None,
-                 standalone: bool = False, router_image: str = "registry.test/maitred:test") -> None:
+                 standalone: bool = False, router_image: str = "registry.test/maitred:test",
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log_path
         self.health_port = procs.free_port()
         self.argv = [*MAITRED, "operator", "--namespace", namespace, "--kubeconfig", kubeconfig,
@@ -65,6 +66,7 @@ class OperatorProcess:
             self.argv.append("--standalone")
         if priority is not None:
             self.argv += ["--priority", str(priority)]
+        self.argv += list(extra_args)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 30.0) -> "OperatorProcess":
