@@ -35,7 +35,8 @@ def test_default_install_is_one_operator_with_cluster_wide_rbac_and_the_crds(hel
     container = operator_container(docs)
     assert container["image"] == DEFAULT_ROUTER_IMAGE  # the operator's own default: one image for both
     assert container["args"] == ["operator", f"--router-image={DEFAULT_ROUTER_IMAGE}", "--peering=maitred",
-                                 "--liveness=http://0.0.0.0:8081/healthz", "--log-level=info", "--log-format=text"]
+                                 "--liveness=http://0.0.0.0:8081/healthz", "--autoscale-period=3", "--log-level=info",
+                                 "--log-format=text"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     binding = one(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "maitred-operator",
@@ -56,7 +57,7 @@ def test_the_operator_runs_non_root_on_a_read_only_filesystem(helm):
 
 def test_other_values_reach_the_manifests(helm):
     docs = helm.template(
-        "--set", "replicaCount=2,watchNamespaces={ml,staging},logLevel=debug,logFormat=json",
+        "--set", "replicaCount=2,watchNamespaces={ml,staging},logLevel=debug,logFormat=json,autoscalePeriodSeconds=1.5",
         "--set", f"image.repository=registry.example/maitred,image.digest={DIGEST}",
         "--set", "routerImage.repository=registry.example/router,routerImage.tag=1.2.3",
         "--set", "nodeSelector.pool=system,tolerations[0].key=dedicated,tolerations[0].operator=Exists",
@@ -70,7 +71,8 @@ def test_other_values_reach_the_manifests(helm):
     assert container["image"] == f"registry.example/maitred@{DIGEST}"
     assert container["args"] == ["operator", "--router-image=registry.example/router:1.2.3", "--peering=ops",
                                  "--namespace=ml", "--namespace=staging",
-                                 "--liveness=http://0.0.0.0:8081/healthz", "--log-level=debug", "--log-format=json"]
+                                 "--liveness=http://0.0.0.0:8081/healthz", "--autoscale-period=1.5", "--log-level=debug",
+                                 "--log-format=json"]
     assert pod["nodeSelector"] == {"pool": "system"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     assert pod["priorityClassName"] == "system-cluster-critical"
