@@ -57,7 +57,7 @@ def test_the_operator_runs_non_root_on_a_read_only_filesystem(helm):
 
 def test_other_values_reach_the_manifests(helm):
     docs = helm.template(
-        "--set", "replicaCount=2,watchNamespaces={ml,staging},logLevel=debug,logFormat=json,autoscalePeriodSeconds=1.5",
+        "--set", "replicaCount=2,watchNamespaces={ml,staging},logLevel=debug,logFormat=json,autoscalePeriodSeconds=2",
         "--set", f"image.repository=registry.example/maitred,image.digest={DIGEST}",
         "--set", "routerImage.repository=registry.example/router,routerImage.tag=1.2.3",
         "--set", "nodeSelector.pool=system,tolerations[0].key=dedicated,tolerations[0].operator=Exists",
@@ -71,7 +71,7 @@ def test_other_values_reach_the_manifests(helm):
     assert container["image"] == f"registry.example/maitred@{DIGEST}"
     assert container["args"] == ["operator", "--router-image=registry.example/router:1.2.3", "--peering=ops",
                                  "--namespace=ml", "--namespace=staging",
-                                 "--liveness=http://0.0.0.0:8081/healthz", "--autoscale-period=1.5", "--log-level=debug",
+                                 "--liveness=http://0.0.0.0:8081/healthz", "--autoscale-period=2", "--log-level=debug",
                                  "--log-format=json"]
     assert pod["nodeSelector"] == {"pool": "system"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
