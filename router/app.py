@@ -98,7 +98,9 @@ def _control_app(router: Router, source: TableSource | None, checks: bool) -> Fa
     @app.get("/readyz")
     async def readyz() -> Response:
         if router.ready:
-            return _json({"status": "ready", "liveEndpoints": len(router.endpoints.live)})
+            live = len(router.endpoints.live)
+            return _json({"status": "ready", "liveEndpoints": live} if live else
+                         {"status": "ready", "liveEndpoints": 0, "reason": "no live endpoint: requests are held for a cold start"})
         table = router.endpoints.table
         reason = router.table_error if table is None and router.table_error else (
             "no routing table loaded" if table is None else "no live endpoint")

@@ -14,7 +14,7 @@ import threading
 import time
 
 import httpx
-from router_harness import ROUTER_WORKERS, chat_body, metric, run_load, table, wait_for
+from router_harness import ROUTER_WORKERS, SIM_MODEL, chat_body, metric, run_load, table, wait_for
 
 
 def cold_table(hold_seconds: float = 60.0, max_requests: int = 1000, **extra) -> dict:
@@ -64,6 +64,9 @@ def stream_chat(url: str) -> dict:
 def test_a_stream_held_for_a_cold_start_gets_its_first_token_once_a_replica_is_live(backends, router):
     (a,) = backends(("a", {"chunks": 5}))
     r = router(cold_table())
+    # Ready with no replica at all: its pod must stay in the router Service to take (and hold) requests.
+    ready = r.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["liveEndpoints"] == 0
     assert load(r) == {"pool": "test/pool", "tableVersion": 1, "endpoints": 0, "liveEndpoints": 0, "reporting": 0,
                        "waiting": None, "running": None, "kvCacheUsage": None, "inFlight": 0, "held": 0}
     thread, out = in_background(stream_chat, r.url)
@@ -143,7 +146,7 @@ def test_a_client_that_leaves_while_held_is_counted_no_more(router):
     wait_for(lambda: held(r) == (0, 0.0), 5, "the held count to drop when the clients leave")
     assert metric(r.metrics(), "maitred_requests_total", status="499") == 3
     # Still serving, and nothing went wrong on the way.
-    assert r.client.get("/readyz").status_code == 503
+    assert r.client.get("/readyz").status_code == 200
     assert "Traceback" not in r.log()
 
 
@@ -155,6 +158,7 @@ def test_without_cold_start_no_live_endpoint_is_503_at_once(router):
     assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
     assert resp.json()["error"]["code"] == "no_endpoint_available"
     assert load(r)["held"] == 0
+    assert r.client.get("/readyz").status_code == 503
 
 
 def test_held_requests_are_summed_over_the_workers(router):
@@ -170,3 +174,21 @@ def test_held_requests_are_summed_over_the_workers(router):
     thread.join(30)
     assert [x.status for x in out["value"]] == [503] * 8
     assert all(json.loads(x.body)["error"]["code"] == "no_endpoint_available" for x in out["value"])
+
+
+def test_a_request_held_while_the_only_replica_fails_its_checks_goes_to_it_once_it_passes(fleet, router):
+    (sim,) = fleet.sims("s")
+    assert httpx.post(sim.url + "/admin/faults", json={"unhealthy": True}, trust_env=False).status_code == 200
+    r = router({**cold_table(), "models": [SIM_MODEL], "endpoints": [sim.endpoint()],
+                "healthCheck": {"path": "/health", "periodSeconds": 0.5, "timeoutSeconds": 1, "failureThreshold": 1}})
+    wait_for(lambda: load(r)["liveEndpoints"] == 0, 10, "the replica to fail its health check")
+    body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    thread, out = in_background(lambda: httpx.post(r.url + "/v1/chat/completions", json=body, timeout=60,
+                                                   trust_env=False))
+    wait_for(lambda: load(r)["held"] == 1, 10, "the request to be held")
+    # The replica turns ready: the next health check passes, and the held request goes to it.
+    assert httpx.post(sim.url + "/admin/faults", json={"unhealthy": False}, trust_env=False).status_code == 200
+    thread.join(30)
+    resp = out["value"]
+    assert resp.status_code == 200 and resp.headers["x-maitred-endpoint"] == "s"
+    assert load(r)["held"] == 0 and load(r)["liveEndpoints"] == 1
