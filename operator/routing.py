@@ -19,7 +19,7 @@ from typing import Any
 
 from maitred.operator.models import EndpointStatus, LabelSelector, PoolSpec, WeightRule
 from maitred.operator.selectors import matches, pool_selector
-from maitred.router.table import Endpoint, RoutingTable
+from maitred.router.table import ColdStart, Endpoint, RoutingTable
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
@@ -109,8 +109,20 @@ def build_routing_table(pool_spec: PoolSpec | Mapping[str, Any], pods: Iterable[
     endpoints += [e for e in static if not (e.id in seen or seen.add(e.id))]  # a URL listed twice counts once
     table = RoutingTable(pool=pool, version=1, method=spec.balancing.method, models=spec.models,
                          endpoints=tuple(endpoints), health_check=spec.health_check, retries=spec.retries,
-                         timeouts=spec.timeouts, affinity=spec.balancing.affinity)
+                         timeouts=spec.timeouts, affinity=spec.balancing.affinity, **autoscaling_fields(spec))
     return versioned(table, previous)
+
+
+def autoscaling_fields(spec: PoolSpec) -> dict:
+    """What the routers need of `spec.autoscaling`: a cold-start hold when the pool may scale to zero, and
+    load scrapes when it scales on the replicas' queue or KV cache (the in-flight counts are the router's own)."""
+    rules = spec.autoscaling if spec.template is not None else None
+    if rules is None:
+        return {}
+    fields: dict = {"scrape_load": rules.metric in ("queue", "kv-cache")}
+    if rules.min_replicas == 0:
+        fields["cold_start"] = ColdStart(hold_seconds=rules.hold_seconds, max_requests=rules.max_held_requests)
+    return fields
 
 
 def versioned(table: RoutingTable, previous: RoutingTable | None) -> RoutingTable:
