@@ -18,8 +18,8 @@ against a fixed pool of round(mean replicas alive in the autoscaled run) replica
 
     python3 bench/autoscale.py [--duration 200] [--out bench/results]
 
-Writes `autoscale.json` (a per-second timeline of both runs and their summaries) and `autoscale.png`
-(needs matplotlib: `pip install -e '.[bench]'`). About 2 x (duration + 20) s. Every process is stopped on exit.
+Writes `autoscale.json` (a per-second timeline of both runs, their scale events, failed requests and
+summaries) and `autoscale.png` (needs matplotlib: `pip install -e '.[bench]'`; `--render JSON` redraws it). About 2 x (duration + 20) s. Every process is stopped on exit.
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ async def run(args: argparse.Namespace, workdir: Path, fixed: int | None) -> dic
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*clients, return_exceptions=True), 60)
     for point in timeline:
-        window = [r["ttft"] for r in records if point["time"] - WINDOW_S < r["start"] <= point["time"] and r["ttft"]]
+        window = [r["ttft"] for r in records if point["time"] - WINDOW_S < r["start"] <= point["time"] and r["ttft"] is not None]
         point["ttftP99"] = percentile(window, 99)
     return {"timeline": timeline, "requests": records, "events": events}
 
@@ -354,7 +354,11 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=4, help="requests a replica runs at once")
     parser.add_argument("--fixed", type=int, default=None, help="the fixed pool's size (default: the autoscaled mean)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only redraw the figure beside an autoscale.json")
     args = parser.parse_args()
+    if args.render:
+        plot(json.loads(args.render.read_text()), args.render.with_suffix(".png"))
+        return
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C: every child stopped too
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="maitred-autoscale-") as tmp:
@@ -371,6 +375,8 @@ def main() -> None:
             "provision_s": args.provision, "sim_speed": args.speed, "max_num_seqs": args.max_num_seqs,
             "request": {k: CHAT[k] for k in ("max_tokens", "stream")}, "machine": machine(),
             "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+    for result in (auto, fixed):  # the summaries hold what the requests said; only the failed ones are kept
+        result["failed_requests"] = [r for r in result.pop("requests") if r["error"]]
     data = {"meta": meta, "autoscaled": auto, "fixed": fixed}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "autoscale.json").write_text(json.dumps(data, indent=1))
