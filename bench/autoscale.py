@@ -19,7 +19,8 @@ against a fixed pool of round(mean replicas alive in the autoscaled run) replica
     python3 bench/autoscale.py [--duration 200] [--out bench/results]
 
 Writes `autoscale.json` (a per-second timeline of both runs, their scale events, failed requests and
-summaries) and `autoscale.png` (needs matplotlib: `pip install -e '.[bench]'`; `--render JSON` redraws it). About 2 x (duration + 20) s. Every process is stopped on exit.
+summaries) and `autoscale.png` (needs matplotlib: `pip install -e '.[bench]'`; `--render JSON` redraws it).
+About 2 x (duration + 20) s. Every process is stopped on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,7 +126,7 @@ class Pool:
 
     def remove(self, now: float) -> None:
         """Take the newest alive replica out (one still provisioning first); it is stopped once drained."""
-        replica = sorted(self.alive, key=lambda r: (not r.listed, r.started))[-1]
+        replica = max(self.alive, key=lambda r: (not r.listed, r.started))
         replica.removed = now
         if replica.listed:
             replica.listed, self.dirty = False, True
@@ -148,9 +151,9 @@ class Pool:
             self.write_table()
             self.dirty = False
         for replica in self.replicas:
-            if replica.removed is not None and replica.stopped is None:
-                if now - replica.removed > drain_s or await _idle(http, replica.url):
-                    self.stop(replica, now)
+            if replica.removed is not None and replica.stopped is None and (
+                    now - replica.removed > drain_s or await _idle(http, replica.url)):
+                self.stop(replica, now)
 
     def stop(self, replica: Replica, now: float) -> None:
         """SIGTERM the replica's process group (SIGKILL after 5 s) and forget it."""
@@ -159,7 +162,7 @@ class Pool:
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=5)
-        except Exception:
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         replica.stopped = now
@@ -211,12 +214,33 @@ async def client(http: aiohttp.ClientSession, url: str, index: int, clock, wante
                         "end": round(clock(), 3), "status": status, "error": error})
 
 
+class Autoscaler:
+    """The operator's autoscaling arithmetic on one router's load report a step: the replica count to set.
+
+    `desired`: the count set last; `events`: {"time" (s), "from", "to", "why"} of every change.
+    """
+
+    def __init__(self, args: argparse.Namespace, desired: int) -> None:
+        self.spec = Autoscaling.model_validate({
+            "minReplicas": 1, "maxReplicas": args.max_replicas, "metric": args.metric, "target": args.target,
+            "scaleUp": {"stabilizationWindowSeconds": 0, "periodSeconds": 15},
+            "scaleDown": {"stabilizationWindowSeconds": args.scale_down_window, "periodSeconds": 15}})
+        self.recommender, self.steps, self.desired, self.events = Recommender(0.0), [], desired, []
+
+    def step(self, now: float, report: dict) -> int:
+        """The replica count to set at `now` (s), from the router's /debug/load `report`."""
+        recommended, why = recommend(aggregate([report]), self.spec, self.desired)
+        decided = self.recommender.decide(now, self.spec, self.desired, recommended, self.steps)
+        if decided != self.desired:
+            self.steps.append(ScaleStep(now, self.desired, decided))
+            self.events.append({"time": round(now, 1), "from": self.desired, "to": decided, "why": why})
+            self.desired = decided
+        self.steps = [s for s in self.steps if s.at > now - 60]  # the step periods are 15 s
+        return self.desired
+
+
 async def run(args: argparse.Namespace, workdir: Path, fixed: int | None) -> dict:
     """One ramp: autoscaled (`fixed` None) or on `fixed` replicas. Returns {"timeline", "requests", "events"}."""
-    spec = Autoscaling.model_validate({
-        "minReplicas": 1, "maxReplicas": args.max_replicas, "metric": args.metric, "target": args.target,
-        "scaleUp": {"stabilizationWindowSeconds": 0, "periodSeconds": 15},
-        "scaleDown": {"stabilizationWindowSeconds": args.scale_down_window, "periodSeconds": 15}})
     tag = "autoscaled" if fixed is None else "fixed"
     logdir = workdir / tag
     logdir.mkdir()
@@ -247,21 +271,13 @@ async def run(args: argparse.Namespace, workdir: Path, fixed: int | None) -> dic
             stop, records = asyncio.Event(), []
             clients = [asyncio.create_task(client(http, url, i, clock, wanted, stop, records))
                        for i in range(args.high)]
-            recommender, steps, desired = Recommender(0.0), [], len(pool.alive)
-            timeline, events = [], []
+            autoscaler, timeline = Autoscaler(args, len(pool.alive)), []
             try:
                 while (now := clock()) < args.duration:
                     async with http.get(admin_url + "/debug/load") as r:
                         report = await r.json()
-                    load = aggregate([report])
                     if fixed is None:
-                        recommended, why = recommend(load, spec, desired)
-                        decided = recommender.decide(now, spec, desired, recommended, steps)
-                        if decided != desired:
-                            steps.append(ScaleStep(now, desired, decided))
-                            events.append({"time": round(now, 1), "from": desired, "to": decided, "why": why})
-                            desired = decided
-                        steps = [s for s in steps if s.at > now - 60]
+                        desired = autoscaler.step(now, report)
                         while len(pool.alive) < desired:
                             pool.add(now, args.provision)
                         while len(pool.alive) > desired:
@@ -271,17 +287,18 @@ async def run(args: argparse.Namespace, workdir: Path, fixed: int | None) -> dic
                         / max(1, report["liveEndpoints"])
                     timeline.append({"time": round(now, 1), "concurrency": wanted(),
                                      "replicas": len(pool.in_table), "live": report["liveEndpoints"],
-                                     "alive": pool.running(),
-                                     "desired": desired, "inFlight": report["inFlight"], "waiting": report["waiting"],
+                                     "alive": pool.running(), "desired": autoscaler.desired,
+                                     "inFlight": report["inFlight"], "waiting": report["waiting"],
                                      "running": report["running"], "value": round(value, 3)})
                     await asyncio.sleep(max(0.0, 1.0 - (clock() - now)))
             finally:
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*clients, return_exceptions=True), 60)
     for point in timeline:
-        window = [r["ttft"] for r in records if point["time"] - WINDOW_S < r["start"] <= point["time"] and r["ttft"] is not None]
-        point["ttftP99"] = percentile(window, 99)
-    return {"timeline": timeline, "requests": records, "events": events}
+        since = point["time"] - WINDOW_S
+        point["ttftP99"] = percentile([r["ttft"] for r in records
+                                       if since < r["start"] <= point["time"] and r["ttft"] is not None], 99)
+    return {"timeline": timeline, "requests": records, "events": autoscaler.events}
 
 
 def summary(result: dict, duration_s: float) -> dict:
@@ -292,7 +309,7 @@ def summary(result: dict, duration_s: float) -> dict:
     on_plateau = [r["ttft"] for r in records if r["ttft"] is not None and p0 <= r["start"] < p1]
     alive_s = sum(p["alive"] for p in timeline)  # one sample a second
     changes = [e["to"] - e["from"] for e in result["events"]]
-    reversals = sum(1 for a, b in zip(changes, changes[1:]) if (a > 0) != (b > 0))
+    reversals = sum(1 for a, b in itertools.pairwise(changes) if (a > 0) != (b > 0))
     return {"requests": len(records), "errors": sum(r["error"] is not None for r in records),
             "error_samples": sorted({r["error"] for r in records if r["error"]})[:5],
             "replica_seconds": alive_s, "replica_seconds_in_table": sum(p["replicas"] for p in timeline),
@@ -349,7 +366,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=4.0, help="the metric's target per replica")
     parser.add_argument("--max-replicas", type=int, default=8)
     parser.add_argument("--scale-down-window", type=int, default=20, help="scale-down stabilization window (s)")
-    parser.add_argument("--provision", type=float, default=5.0, help="from starting a replica to its entering the table (s)")
+    parser.add_argument("--provision", type=float, default=5.0,
+                        help="from starting a replica to its entering the table (s)")
     parser.add_argument("--speed", type=float, default=0.2, help="the sims' speed factor (0.2: ~0.9 s a request)")
     parser.add_argument("--max-num-seqs", type=int, default=4, help="requests a replica runs at once")
     parser.add_argument("--fixed", type=int, default=None, help="the fixed pool's size (default: the autoscaled mean)")
@@ -361,6 +379,19 @@ def main() -> None:
         return
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C: every child stopped too
     started = time.time()
+    try:
+        data = measure(args)
+    except KeyboardInterrupt:
+        sys.exit("interrupted; every process it started is stopped")
+    data["meta"]["started"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "autoscale.json").write_text(json.dumps(data, indent=1))
+    plot(data, args.out / "autoscale.png")
+    print(f"wrote {args.out / 'autoscale.json'} and {args.out / 'autoscale.png'}")
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Both ramps, autoscaled then fixed: {"meta", "autoscaled", "fixed"}, each run's timeline, events and summary."""
     with tempfile.TemporaryDirectory(prefix="maitred-autoscale-") as tmp:
         auto = asyncio.run(run(args, Path(tmp), None))
         auto["summary"] = summary(auto, args.duration)
@@ -369,7 +400,7 @@ def main() -> None:
         fixed = asyncio.run(run(args, Path(tmp), size))
         fixed["summary"] = {"replicas_fixed": size, **summary(fixed, args.duration)}
         print(f"fixed: {json.dumps(fixed['summary'])}", flush=True)
-    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "duration_s": args.duration,
+    meta = {"duration_s": args.duration,
             "clients": [args.low, args.high], "metric": args.metric, "target": args.target,
             "max_replicas": args.max_replicas, "scale_down_window_s": args.scale_down_window,
             "provision_s": args.provision, "sim_speed": args.speed, "max_num_seqs": args.max_num_seqs,
@@ -377,11 +408,7 @@ def main() -> None:
             "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     for result in (auto, fixed):  # the summaries hold what the requests said; only the failed ones are kept
         result["failed_requests"] = [r for r in result.pop("requests") if r["error"]]
-    data = {"meta": meta, "autoscaled": auto, "fixed": fixed}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "autoscale.json").write_text(json.dumps(data, indent=1))
-    plot(data, args.out / "autoscale.png")
-    print(f"wrote {args.out / 'autoscale.json'} and {args.out / 'autoscale.png'}")
+    return {"meta": meta, "autoscaled": auto, "fixed": fixed}
 
 
 if __name__ == "__main__":
