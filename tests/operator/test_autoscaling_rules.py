@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from maitred.operator.autoscaling import PoolLoad, Recommender, ScaleStep, aggregate, metric_value, recommend
+from maitred.operator.autoscaling import (PoolLoad, Recommender, ScaleStep, aggregate, metric_value, queue_floor,
+                                         recommend)
 from maitred.operator.models import Autoscaling
 
 
@@ -25,7 +26,7 @@ def test_reports_of_the_same_replicas_count_once_and_each_routers_own_requests_a
 def test_desired_is_ceil_of_ready_times_value_over_target():
     load = PoolLoad(live=1, waiting=7.5)
     assert recommend(load, spec(), current=1) == (4, "queue 7.5 per replica, target 2")
-    assert recommend(PoolLoad(live=4, waiting=1.0), spec(), current=4)[0] == 1
+    assert recommend(PoolLoad(live=4, waiting=1.0), spec(), current=4)[0] == 1  # no running figure: HPA's rule
 
 
 def test_within_the_tolerance_nothing_changes():
@@ -99,3 +100,14 @@ def test_the_model_refuses_what_the_crd_refuses(fields, message):
         return
     with pytest.raises(ValueError, match=message):
         Autoscaling.model_validate(fields)
+
+
+def test_an_empty_queue_does_not_scale_a_busy_pool_down_to_its_minimum():
+    # 24 clients on replicas that run 4 at a time each, target 1 waiting per replica.
+    busy = spec(target=1)
+    assert recommend(PoolLoad(live=5, waiting=4.0, running=20.0), busy, current=5)[0] == 5  # HPA alone: 4
+    assert recommend(PoolLoad(live=6, waiting=0.0, running=24.0), busy, current=6)[0] == 5  # HPA alone: 1
+    assert recommend(PoolLoad(live=8, waiting=0.0, running=24.0), busy, current=8)[0] == 6
+    assert queue_floor(PoolLoad(live=3, waiting=0.0, running=0.0), 1) == 0  # idle: back to minReplicas
+    # Up, HPA's rule as it is: 1 replica, 8 waiting, target 2 -> 4.
+    assert recommend(PoolLoad(live=1, waiting=8.0, running=1.0), spec(), current=1)[0] == 4
