@@ -1,6 +1,6 @@
 """The autoscaler's loop: one task per pool with ``spec.autoscaling``, every `period_s` seconds.
 
-Each evaluation reads the pool fresh, asks each of its ready router pods for its load (``GET /debug/load``
+Each evaluation reads the pool fresh, asks each of its router pods for its load (``GET /debug/load``
 on the admin port, at most :data:`REPORT_TIMEOUT_S`), turns the reports into a replica count with
 :mod:`maitred.operator.autoscaling`, and writes it through the pool's scale subresource, with an Event
 that says why (``ScaledUp``: "from 2 to 4: queue 7.5 per replica, target 2"). The value, the target and
@@ -25,7 +25,7 @@ import aiohttp
 from maitred.operator import models
 from maitred.operator.autoscaling import PoolLoad, Recommender, ScaleStep, aggregate, figure, metric_value, recommend
 from maitred.operator.children import ROUTER_ADMIN_PORT, ROUTER_LABEL
-from maitred.operator.kube import ApiError, Kube, object_path
+from maitred.operator.kube import Kube, object_path
 
 log = logging.getLogger("maitred.operator.autoscaler")
 
@@ -63,15 +63,25 @@ class PoolAutoscaler:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
+        acting, last_error = False, None
         while True:
             await asyncio.sleep(self.period_s)
             try:
-                if await self.may_act(self.namespace):
-                    await self.evaluate()
+                if not await self.may_act(self.namespace):
+                    acting = False
+                    continue
+                if not acting:  # acting again after another replica did: its recommendations are not ours
+                    self.recommender = Recommender(started_at=self.clock())
+                    acting = True
+                await self.evaluate()
+                last_error = None
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the API server away, a bug: say so, try again next period
-                log.warning("pool %s: autoscaling: %s: %s", self.key, type(exc).__name__, exc)
+            except Exception as exc:  # the API server away, a bug: say so (once), try again next period
+                error = f"{type(exc).__name__}: {exc}"
+                log.log(logging.WARNING if error != last_error else logging.DEBUG,
+                        "pool %s: autoscaling: %s", self.key, error)
+                last_error = error
 
     async def evaluate(self) -> int | None:
         """One evaluation; the replica count set, or None if nothing was written to spec.replicas."""
@@ -102,17 +112,19 @@ class PoolAutoscaler:
         desired = self.recommender.decide(now, rules, base, recommended, steps)
         if desired != base:
             steps.append(ScaleStep(now, base, desired))
-        written = None
-        if desired != current:
-            await self.kube.request("PATCH", path + "/scale", body={"spec": {"replicas": desired}},
-                                    content_type="application/merge-patch+json")
-            written = desired
-            await self._tell(body, current, base, desired, why, overruled, rules)
-        await self._write_status(body, rules, load, desired, why, steps, now, previous)
-        return written
+        # The decision first, then the write: an operator that dies in between finds its own decision in
+        # the status, and applies it, rather than taking its own write for a person's.
+        version = await self._write_status(body, rules, load, desired, why, steps, now, previous)
+        if desired == current:
+            return None
+        # Only onto the spec read (409 otherwise): a `kubectl scale` meanwhile is seen, and said, next period.
+        await self.kube.request("PATCH", path + "/scale", content_type="application/merge-patch+json",
+                                body={"metadata": {"resourceVersion": version}, "spec": {"replicas": desired}})
+        await self._tell(body, current, base, desired, why, overruled, rules)
+        return desired
 
     async def _reports(self) -> list[dict]:
-        """The ``/debug/load`` answers of the pool's ready router pods (those that answered in time)."""
+        """The ``/debug/load`` answers of the pool's router pods (those that answered in time)."""
         urls = [url for pod in self.router_pods() if (url := load_url(pod))]
         timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
 
@@ -141,8 +153,9 @@ class PoolAutoscaler:
         await self.kube.post_event(body, "Normal", reason, message)
 
     async def _write_status(self, body: dict, rules: models.Autoscaling, load: PoolLoad, desired: int, why: str,
-                            steps: list[ScaleStep], now: float, previous: dict) -> None:
-        """status.autoscaling and status.load, if they changed (a merge patch: the reconcile's fields stay)."""
+                            steps: list[ScaleStep], now: float, previous: dict) -> str:
+        """status.autoscaling and status.load, if they changed (a merge patch: the reconcile's fields stay).
+        Returns the pool's resourceVersion after it."""
         value = metric_value(load, rules.metric)
         longest = max(rules.scale_up.period_seconds, rules.scale_down.period_seconds)
         stepped = bool(steps) and steps[-1].at == now
@@ -157,19 +170,17 @@ class PoolAutoscaler:
         patch = {"autoscaling": status.model_dump(mode="json", by_alias=True),
                  "load": f"{'-' if value is None else figure(round(value, 2))}/{figure(rules.target)}"}
         current = body.get("status") or {}
-        if patch["autoscaling"] == current.get("autoscaling") and patch["load"] == current.get("load"):
-            return
-        try:
-            await self.kube.patch_pool_status(self.namespace, self.name, patch)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        stored = {k: v for k, v in patch["autoscaling"].items() if v is not None}  # what the API server keeps
+        if stored == current.get("autoscaling") and patch["load"] == current.get("load"):
+            return body["metadata"]["resourceVersion"]
+        written = await self.kube.patch_pool_status(self.namespace, self.name, patch)
+        return written["metadata"]["resourceVersion"]
 
 
 def load_url(pod: dict) -> str | None:
     """``http://<pod IP>:<admin port>/debug/load`` of a router pod that has an IP and is not terminating, else
-    None. Not only ready ones: a router whose pool has no live endpoint is not ready, and its report is the
-    one that tells of demand."""
+    None. Not only ready ones: a router that is not ready (no table yet, or no live endpoint) still reports,
+    and its report says so."""
     ip = (pod.get("status") or {}).get("podIP")
     if not ip or (pod.get("metadata") or {}).get("deletionTimestamp"):
         return None
@@ -206,6 +217,7 @@ class Autoscalers:
     def __init__(self, make: Callable[[str, str], PoolAutoscaler]) -> None:
         self._make = make
         self._by_key: dict[str, PoolAutoscaler] = {}
+        self._stopping: set[asyncio.Task] = set()
 
     def sync(self, body: dict) -> None:
         """Start or stop the autoscaler of the pool `body` as its spec asks."""
@@ -218,7 +230,10 @@ class Autoscalers:
             scaler.start()
             log.info("pool %s: autoscaling on", key)
         elif not wanted and running is not None:
-            asyncio.get_running_loop().create_task(self.forget(meta["namespace"], meta["name"]))
+            del self._by_key[key]  # at once: a sync that turns it on again starts a new one
+            self._stopping.add(task := asyncio.get_running_loop().create_task(running.stop()))
+            task.add_done_callback(self._stopping.discard)
+            log.info("pool %s: autoscaling off", key)
 
     async def forget(self, namespace: str, name: str) -> None:
         scaler = self._by_key.pop(f"{namespace}/{name}", None)

@@ -11,7 +11,8 @@ Pure: no I/O and no clock (times are passed in, in seconds), so every rule is te
 2. **The metric's value per ready replica** (:func:`metric_value`): ``queue`` = (waiting + held) / ready,
    ``in-flight`` = (in-flight + held) / ready, ``kv-cache`` = the mean usage.
 3. **Recommend** (:func:`recommend`): desired = ceil(ready x value / target), or no change while
-   |value / target - 1| <= tolerance; for ``queue``, never below :func:`queue_floor` on the way down. Like HPA it counts only ready replicas: replicas that are starting
+   |value / target - 1| <= tolerance, and never against the value's direction; for ``queue``, never below
+   :func:`queue_floor` on the way down. Like HPA it counts only ready replicas: replicas that are starting
    take no load yet, and counting them would scale up once more for the same load (the duplicate step an
    operator restarted mid-scale would otherwise take). From zero ready replicas, any demand (a held
    request) asks for ceil(demand / target), at least 1.
@@ -98,14 +99,16 @@ def recommend(load: PoolLoad, spec: Autoscaling, current: int) -> tuple[int, str
     """The replica count the load asks for (before stabilization and limits), and why, for the Event.
 
     `current`: spec.replicas now. Without a value (no ready replica, no report) the recommendation is
-    `current`, except a pool that demand finds with no ready replica: ceil(demand / target), at least 1
-    (kv-cache: 1).
+    `current`, except a pool at zero that demand finds: ceil(demand / target), at least 1 (kv-cache: 1).
+    (A pool whose replicas exist but are not ready, crashing maybe, is not scaled further on its held
+    requests.) Never against the value's direction: above the target it is at least `current` (replicas
+    still starting count as taking no load, as in HPA), below it at most `current`.
     """
     value = metric_value(load, spec.metric)
     target = figure(spec.target)
     if value is None:
         wanted = demand(load, spec.metric)
-        if not load.live and wanted > 0:
+        if current == 0 and wanted > 0:
             count = 1 if spec.metric == "kv-cache" else max(1, math.ceil(wanted / spec.target))
             return count, f"{figure(wanted)} request(s) waiting and no replica ready"
         return current, "no load report"
@@ -114,9 +117,11 @@ def recommend(load: PoolLoad, spec: Autoscaling, current: int) -> tuple[int, str
     if abs(ratio - 1.0) <= spec.tolerance + 1e-9:  # 4.4 / 4 is 1.1000000000000001
         return current, why + " (within tolerance)"
     count = math.ceil(load.live * ratio - 1e-9)
-    if spec.metric == "queue" and ratio < 1.0:
+    if ratio > 1.0:
+        return max(count, current), why
+    if spec.metric == "queue":
         count = max(count, queue_floor(load, spec.target))
-    return count, why
+    return min(count, current), why
 
 
 def queue_floor(load: PoolLoad, target: float) -> int:
@@ -146,9 +151,9 @@ class ScaleStep:
 class Recommender:
     """The stabilization windows and step limits of one pool (HPA's behavior), over time.
 
-    `started_at` (s): when this operator began to watch the pool. Its recommendations are kept in memory,
-    so a restarted operator knows none from before: it does not scale down until it has watched for a
-    whole scale-down window (HPA would take its first recommendation alone as the window's). The scale
+    `started_at` (s): when this operator began to watch the pool (or to act again, after another replica
+    acted). Its recommendations are kept in memory, so a restarted operator knows none from before: it
+    does not scale down until it has watched for a whole scale-down window (HPA would take its first recommendation alone as the window's). The scale
     events that the step limits count are given by the caller (kept in the pool's status), so they
     survive a restart.
     """
@@ -173,6 +178,8 @@ class Recommender:
         down = max([r for t, r in self._recommendations if t >= down_cutoff] or [recommended])
         if now - self.started_at < spec.scale_down.stabilization_window_seconds:
             down = max(down, current)  # a window not yet watched in full: no scale-down
+        if current == 0:
+            up = recommended  # the idle zeros of the window would hold held requests past holdSeconds
         desired = up if up > current else down if down < current else current
         desired = _limit_step(now, spec, current, desired, list(steps))
         return max(spec.min_replicas, min(spec.max_replicas, desired))
@@ -190,7 +197,7 @@ def _limit_step(now: float, spec: Autoscaling, current: int, desired: int, steps
         rules = spec.scale_down
         removed = sum(s.before - s.after for s in steps if s.at > now - rules.period_seconds and s.after < s.before)
         start = current + removed
-        floor = min(start - rules.step_replicas, math.floor(start * (1 - rules.step_percent / 100)))
+        floor = min(start - rules.step_replicas, math.ceil(start * (1 - rules.step_percent / 100) - 1e-9))
         return min(current, max(desired, floor))
     return desired
 

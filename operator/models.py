@@ -229,7 +229,7 @@ class Autoscaling(_Model):
         " replicas per periodSeconds (default 100 % per 15 s)"))
     hold_seconds: float = Field(default=120.0, gt=0, le=3600, description=(
         "with minReplicas 0: how long a router holds a request while no replica is ready, before a 503"))
-    max_held_requests: int = Field(default=1000, ge=0, le=100000, description=(
+    max_held_requests: int = Field(default=1000, ge=1, le=100000, description=(
         "with minReplicas 0: requests each router holds at most; more get a 503 with Retry-After"))
 
 

@@ -274,8 +274,11 @@ async def _write_status(kube: Kube, pool: PoolRef, body: dict, out: Outcome, las
     current = body.get("status") or {}
     status = status_patch(compute_status(obs, current or last_status))
     out.status = status
-    # The autoscaler's fields are its own to write (a merge patch leaves them be).
+    # The autoscaler's fields are its own to write (a merge patch leaves them be), and gone with autoscaling.
     mine = {k: v for k, v in current.items() if k not in AUTOSCALER_STATUS_FIELDS}
+    spec = body.get("spec") or {}
+    if not (spec.get("autoscaling") and spec.get("template")) and len(mine) < len(current):
+        status = {**status, **dict.fromkeys(AUTOSCALER_STATUS_FIELDS)}  # null: removed by the merge patch
     if status == mine or stale(current, pool.generation):
         return
     try:

@@ -129,13 +129,16 @@ class Router:
 
     @property
     def ready(self) -> bool:
-        """A table is loaded and at least one endpoint is live, or the table holds requests for a cold start.
+        """A table is loaded and at least one endpoint is live, or it holds requests for a cold start and
+        lists no endpoint.
 
         With `coldStart` a router of a pool at zero replicas is ready: it must take the requests (its pod in
-        its Service) to hold them, and report them, so that the pool scales up.
+        its Service) to hold them, and report them, so that the pool scales up. One whose endpoints are all
+        down is not: it leaves its Service, as without `coldStart`.
         """
         table = self.endpoints.table
-        return table is not None and (bool(self.endpoints.live) or table.cold_start is not None)
+        return table is not None and (bool(self.endpoints.live) or (table.cold_start is not None
+                                                                    and not table.endpoints))
 
     def _worker_snapshot(self, index: int) -> dict:
         """One worker's pid, whether it accepts connections yet, its table version and how long after its publication it applied the current table (ms)."""

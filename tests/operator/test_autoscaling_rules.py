@@ -111,3 +111,26 @@ def test_an_empty_queue_does_not_scale_a_busy_pool_down_to_its_minimum():
     assert queue_floor(PoolLoad(live=3, waiting=0.0, running=0.0), 1) == 0  # idle: back to minReplicas
     # Up, HPA's rule as it is: 1 replica, 8 waiting, target 2 -> 4.
     assert recommend(PoolLoad(live=1, waiting=8.0, running=1.0), spec(), current=1)[0] == 4
+
+
+def test_replicas_still_starting_are_not_scaled_away_while_the_load_is_above_target():
+    # Scaled 1 -> 4; one ready, its queue 3 (above the target 2): never fewer than 4 while that lasts.
+    assert recommend(PoolLoad(live=1, waiting=3.0), spec(), current=4)[0] == 4
+    assert recommend(PoolLoad(live=4, waiting=16.0), spec(), current=2)[0] == 8
+
+
+def test_held_requests_scale_only_a_pool_at_zero():
+    # Replicas exist but none is ready (a crashing image): more of them would not help.
+    assert recommend(PoolLoad(live=0, held=40), spec(minReplicas=0), current=2) == (2, "no load report")
+
+
+def test_from_zero_the_scale_up_window_does_not_delay_the_first_replica():
+    rules = spec(minReplicas=0, scaleUp={"stabilizationWindowSeconds": 60})
+    r = Recommender(started_at=0.0)
+    assert r.decide(10, rules, current=0, recommended=0) == 0
+    assert r.decide(20, rules, current=0, recommended=1) == 1
+
+
+def test_scale_down_steps_round_as_hpa_does():
+    rules = spec(scaleDown={"stabilizationWindowSeconds": 0, "stepReplicas": 1, "stepPercent": 50})
+    assert Recommender(started_at=0.0).decide(100, rules, current=3, recommended=1) == 2  # ceil(3 x 0.5)

@@ -268,3 +268,20 @@ def test_the_crd_refuses_a_bad_autoscaling_block_naming_the_field(pools, autosca
                                            {"selector": {"matchLabels": {"app": "x"}}})}
     result = pools.apply("bad", spec, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_an_idle_pool_is_not_rewritten_each_period_and_its_autoscaling_status_goes_with_autoscaling(
+        pools, autoscaling_operator, sims, routers_kubelet):
+    spec = {"replicas": 1, "template": sim_template("llama"), "router": {"replicas": 1}}
+    pools.apply("llama", {**spec, "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "metric": "queue", "target": 2}})
+    pools.wait_endpoints("llama", 1)
+    router_url(pools, routers_kubelet, "llama")
+    wait_for(lambda: (pools.get("llama").get("status") or {}).get("load") == "0/2", 30, "the load reported")
+    time.sleep(2)  # the Ready condition and the router's status settle
+    version = pools.get("llama")["metadata"]["resourceVersion"]
+    time.sleep(4)  # four evaluations, nothing new to say
+    assert pools.get("llama")["metadata"]["resourceVersion"] == version
+
+    pools.apply("llama", spec)  # autoscaling off
+    wait_for(lambda: "autoscaling" not in pools.get("llama")["status"], 30, "status.autoscaling removed")
+    assert "load" not in pools.get("llama")["status"]

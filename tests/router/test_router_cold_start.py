@@ -182,6 +182,8 @@ def test_a_request_held_while_the_only_replica_fails_its_checks_goes_to_it_once_
     r = router({**cold_table(), "models": [SIM_MODEL], "endpoints": [sim.endpoint()],
                 "healthCheck": {"path": "/health", "periodSeconds": 0.5, "timeoutSeconds": 1, "failureThreshold": 1}})
     wait_for(lambda: load(r)["liveEndpoints"] == 0, 10, "the replica to fail its health check")
+    # Endpoints, none live: this router leaves its Service (another may reach them), though it holds.
+    assert r.client.get("/readyz").status_code == 503
     body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
     thread, out = in_background(lambda: httpx.post(r.url + "/v1/chat/completions", json=body, timeout=60,
                                                    trust_env=False))
