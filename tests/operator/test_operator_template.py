@@ -33,9 +33,11 @@ def test_a_template_pool_gets_its_pods_a_table_and_a_router_that_spreads_request
     assert all(n == 10 for n in answered_by.values()), answered_by
 
     columns = pools.kubectl("get", "aisp", "llama").stdout.split("\n")
-    assert columns[0].split() == ["NAME", "METHOD", "READY", "ROUTER", "ENDPOINTS", "AGE"]
-    name, method, ready, router_column, endpoints = columns[1].split()[:5]
+    assert columns[0].split() == ["NAME", "METHOD", "READY", "ROUTER", "ENDPOINTS", "LOAD", "AGE"]
+    fields = columns[1].split()
+    name, method, ready, router_column, endpoints = fields[:5]
     assert (name, method, ready, endpoints) == ("llama", "round-robin", "3/3", "3")
+    assert len(fields) == 6, fields  # LOAD is blank without autoscaling
     assert router_column.endswith("/2")  # the router Deployment's pods, run by routers_kubelet
     status = pools.get("llama")["status"]
     assert (status["replicas"], status["readyReplicas"], status["selector"]) == (3, 3, "app=llama")
