@@ -52,11 +52,17 @@ class PoolLoad:
 
 
 def aggregate(reports: Iterable[Mapping]) -> PoolLoad:
-    """One :class:`PoolLoad` from the routers' ``/debug/load`` answers (camelCase dicts, see the router's README)."""
+    """One :class:`PoolLoad` from the routers' ``/debug/load`` answers (camelCase dicts, see the router's README).
+
+    A figure that is not a finite number >= 0 (absent, null, a string) counts as not reported.
+    """
     reports = list(reports)
 
+    def figures(key: str) -> list[float]:
+        return [float(v) for r in reports if _is_figure(v := r.get(key))]
+
     def largest(key: str) -> float | None:
-        values = [r[key] for r in reports if r.get(key) is not None]
+        values = figures(key)
         return max(values) if values else None
 
     return PoolLoad(
@@ -64,10 +70,14 @@ def aggregate(reports: Iterable[Mapping]) -> PoolLoad:
         waiting=largest("waiting"),
         running=largest("running"),
         kv_cache_usage=largest("kvCacheUsage"),
-        in_flight=float(sum(r.get("inFlight") or 0 for r in reports)),
-        held=int(sum(r.get("held") or 0 for r in reports)),
+        in_flight=sum(figures("inFlight")),
+        held=int(sum(figures("held"))),
         routers=len(reports),
     )
+
+
+def _is_figure(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def metric_value(load: PoolLoad, metric: str) -> float | None:

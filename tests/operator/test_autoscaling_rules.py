@@ -134,3 +134,10 @@ def test_from_zero_the_scale_up_window_does_not_delay_the_first_replica():
 def test_scale_down_steps_round_as_hpa_does():
     rules = spec(scaleDown={"stabilizationWindowSeconds": 0, "stepReplicas": 1, "stepPercent": 50})
     assert Recommender(started_at=0.0).decide(100, rules, current=3, recommended=1) == 2  # ceil(3 x 0.5)
+
+
+def test_figures_a_router_gets_wrong_count_as_not_reported():
+    load = aggregate([{"liveEndpoints": "2", "waiting": -3, "running": None, "kvCacheUsage": float("nan"),
+                       "inFlight": True, "held": "x"}, {"liveEndpoints": 1, "waiting": 2.0}])
+    assert (load.live, load.waiting, load.running, load.kv_cache_usage, load.in_flight, load.held) == (
+        1, 2.0, None, None, 0.0, 0)
