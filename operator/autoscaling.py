@@ -69,7 +69,7 @@ def aggregate(reports: Iterable[Mapping]) -> PoolLoad:
         live=int(largest("liveEndpoints") or 0),
         waiting=largest("waiting"),
         running=largest("running"),
-        kv_cache_usage=largest("kvCacheUsage"),
+        kv_cache_usage=None if (kv := largest("kvCacheUsage")) is None else min(kv, 1.0),
         in_flight=sum(figures("inFlight")),
         held=int(sum(figures("held"))),
         routers=len(reports),
@@ -213,5 +213,5 @@ def _limit_step(now: float, spec: Autoscaling, current: int, desired: int, steps
 
 
 def figure(value: float) -> str:
-    """A figure for people: 7.5, 2, 0.42."""
-    return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+    """A figure for people, to 4 significant digits: 7.5, 2, 0.425, 1e-09."""
+    return f"{value:.4g}"

@@ -277,6 +277,11 @@ _AUTOSCALING_NEEDS_TEMPLATE = _cel(
     "autoscaling needs a template: maitred scales only the replicas it runs (for pods picked by a selector,"
     " scale their own Deployment)", ".autoscaling")
 
+_AUTOSCALING_WITHOUT_STATIC_ENDPOINTS = _cel(
+    "!has(self.autoscaling) || !has(self.endpoints) || size(self.endpoints) == 0",
+    "autoscaling scales the template's replicas on their load: a pool with static endpoints cannot be"
+    " autoscaled (their load would count as the replicas')", ".autoscaling")
+
 _SOMETHING_TO_ROUTE_TO = _cel(
     "has(self.selector) || has(self.template) || (has(self.endpoints) && size(self.endpoints) > 0)",
     "at least one of selector, template or endpoints is required", reason="FieldValueRequired")
@@ -291,7 +296,8 @@ class PoolSpec(_Model):
     """
 
     model_config = ConfigDict(json_schema_extra=_rules(_SOMETHING_TO_ROUTE_TO, _TEMPLATE_MATCHES_SELECTOR,
-                                                       _SELECTOR_FIXED_WITH_TEMPLATE, _AUTOSCALING_NEEDS_TEMPLATE))
+                                                       _SELECTOR_FIXED_WITH_TEMPLATE, _AUTOSCALING_NEEDS_TEMPLATE,
+                                                       _AUTOSCALING_WITHOUT_STATIC_ENDPOINTS))
 
     replicas: int = Field(default=1, ge=0, description=(
         "replicas of the template's Deployment (scale subresource); without a template it is ignored (the"

@@ -99,7 +99,8 @@ def _run_single(source, host: str, port: int, admin_port: int, max_body_bytes: i
     socks = [listen_socket(host, port, reuse_port=False)]
     if admin_port:
         socks.append(listen_socket(host, admin_port, reuse_port=False))
-    serve(create_app(router, source=source, admin_port=admin_port or None), socks, log_level, drain_seconds)
+    serve(create_app(router, source=source, admin_port=admin_port or None), socks, log_level, drain_seconds,
+          on_draining=router.hold.close)
 
 
 def _check_can_listen(host: str, port: int) -> None:

@@ -33,6 +33,7 @@ class ColdStartHold:
         self._shared, self._worker = shared, worker
         self._cells = shared.held_cells if shared is not None and worker >= 0 else None
         self.held_here = 0
+        self.closing = False  # the router is shutting down: nothing is held any more
         self._changed: asyncio.Event | None = None  # set by wake(); a fresh one for each wait after
 
     @property
@@ -65,6 +66,12 @@ class ColdStartHold:
         if self._cells is not None:
             self._cells[self._worker] = self.held_here
 
+    def close(self) -> None:
+        """The router begins to shut down: every held request gives up now, and none is held after (their
+        clients can retry at once on another router, rather than wait out the drain and be cut)."""
+        self.closing = True
+        self.wake()
+
     def wake(self) -> None:
         """An endpoint may have turned live: every request held in this process looks again."""
         changed = self._changed
@@ -75,11 +82,14 @@ class ColdStartHold:
     async def wait(self, ready: Callable[[], bool], timeout_s: float) -> bool:
         """Wait until `ready()` is true (checked at once and on each :meth:`wake`), at most `timeout_s` (s).
 
-        True if it became ready, False on the timeout. Cancellation (a client that left) passes through.
+        True if it became ready, False on the timeout or when the router shuts down (:meth:`close`).
+        Cancellation (a client that left) passes through.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not ready():
+            if self.closing:
+                return False
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False

@@ -266,17 +266,23 @@ class Proxy:
         """Hold the request until an endpoint is live, at most `timeout_s` (s), within the table's bound
         on requests held. None once one is live (or the table holds no more); else the refusal's code."""
         hold, endpoints = self.router.hold, self.router.endpoints
+        if hold.closing:
+            return "router_shutting_down"
         if not hold.enter(cold_start.max_requests):
             return "cold_start_queue_full"
         try:
             ready = await hold.wait(lambda: bool(endpoints.live) or endpoints.table.cold_start is None, timeout_s)
         finally:
             hold.leave()
-        return None if ready else "cold_start_timeout"
+        return None if ready else "router_shutting_down" if hold.closing else "cold_start_timeout"
 
     async def _cold_start_refused(self, send, request_id, outcome, table, code) -> None:
-        cold_start = table.cold_start
-        if code == "cold_start_queue_full":
+        cold_start, retry_after_s = table.cold_start, RETRY_AFTER_S
+        if code == "router_shutting_down":
+            message = (f"this router of pool {table.pool} is shutting down while the pool scales up from zero"
+                       " replicas; retry (another router holds the request)")
+            retry_after_s = 1
+        elif code == "cold_start_queue_full":
             message = (f"pool {table.pool} is scaling up from zero replicas and {cold_start.max_requests} requests "
                        f"already wait for one; retry later")
         else:
@@ -284,7 +290,7 @@ class Proxy:
                        f"while the pool scales up from zero; retry later")
         outcome.status, outcome.error = 503, message
         await send_error(send, 503, message, "service_unavailable", code, request_id=request_id,
-                         retry_after_s=RETRY_AFTER_S)
+                         retry_after_s=retry_after_s)
 
     async def _no_endpoint(self, send, request_id, outcome, table, tried, retry) -> None:
         outcome.status = 503

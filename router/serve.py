@@ -50,11 +50,17 @@ def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, calling `on_listening()` once its sockets listen."""
+    """uvicorn's server, calling `on_listening()` once its sockets listen and `on_draining()` when it starts
+    to shut down (before it waits for the open requests)."""
 
-    def __init__(self, config: uvicorn.Config, on_listening=None) -> None:
+    def __init__(self, config: uvicorn.Config, on_listening=None, on_draining=None) -> None:
         super().__init__(config)
-        self._on_listening = on_listening
+        self._on_listening, self._on_draining = on_listening, on_draining
+
+    async def shutdown(self, sockets=None) -> None:
+        if self._on_draining is not None:
+            self._on_draining()
+        await super().shutdown(sockets=sockets)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets=sockets)
@@ -62,9 +68,11 @@ class _Server(uvicorn.Server):
             self._on_listening()
 
 
-def serve(app, socks: list[socket.socket], log_level: str, drain_seconds: float, on_listening=None) -> None:
+def serve(app, socks: list[socket.socket], log_level: str, drain_seconds: float, on_listening=None,
+          on_draining=None) -> None:
     """Run `app` on `socks` until SIGTERM or SIGINT, then drain open requests for at most `drain_seconds` (s).
 
-    `on_listening()`, if given, is called once the sockets listen (after the app's start-up).
+    `on_listening()`, if given, is called once the sockets listen (after the app's start-up);
+    `on_draining()` when the drain begins.
     """
-    _Server(uvicorn_config(app, log_level, drain_seconds), on_listening).run(sockets=socks)
+    _Server(uvicorn_config(app, log_level, drain_seconds), on_listening, on_draining).run(sockets=socks)

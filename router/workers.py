@@ -207,7 +207,8 @@ def worker_main(spec: WorkerSpec, index: int, supervisor_pid: int) -> None:
     # The app starts (and applies the table) before uvicorn listens: until then the kernel gives this
     # worker no connection, so /debug/table says when it does.
     serve(create_app(router, source=source, checks=False, admin_port=spec.admin_port or None), socks,
-          spec.log_level, spec.drain_seconds, on_listening=lambda: shared.set_worker_status(index, listening=1))
+          spec.log_level, spec.drain_seconds, on_listening=lambda: shared.set_worker_status(index, listening=1),
+          on_draining=router.hold.close)
 
 
 async def follow_tables(run_dir: Path, router, supervisor_pid: int) -> None:

@@ -262,10 +262,13 @@ def test_an_operator_restarted_mid_scale_takes_no_second_step(pools, start_opera
     ({"maxReplicas": 2, "target": 0}, True, "spec.autoscaling.target"),
     ({"maxReplicas": 2, "metric": "kv-cache", "target": 1.5}, True, "the target of kv-cache is a share"),
     ({"maxReplicas": 2, "target": 1}, False, "autoscaling needs a template"),
+    ({"maxReplicas": 2, "target": 1}, "static", "a pool with static endpoints cannot be autoscaled"),
 ])
 def test_the_crd_refuses_a_bad_autoscaling_block_naming_the_field(pools, autoscaling, template_too, message):
     spec = {"autoscaling": autoscaling, **({"template": template("x")} if template_too else
                                            {"selector": {"matchLabels": {"app": "x"}}})}
+    if template_too == "static":
+        spec["endpoints"] = [{"url": "http://10.0.0.9:8000"}]
     result = pools.apply("bad", spec, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
 

@@ -9,6 +9,7 @@ turns ready.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -194,3 +195,22 @@ def test_a_request_held_while_the_only_replica_fails_its_checks_goes_to_it_once_
     resp = out["value"]
     assert resp.status_code == 200 and resp.headers["x-maitred-endpoint"] == "s"
     assert load(r)["held"] == 0 and load(r)["liveEndpoints"] == 1
+
+
+def test_held_requests_are_answered_at_once_when_the_router_shuts_down(router):
+    r = router(cold_table(), "--drain-seconds", "20")
+    work = [in_background(lambda: httpx.post(r.url + "/v1/chat/completions", json=chat_body(), timeout=60,
+                                             trust_env=False)) for _ in range(2)]
+    wait_for(lambda: load(r)["held"] == 2, 10, "2 requests held")
+    started = time.monotonic()
+    r.proc.send_signal(signal.SIGTERM)
+    for thread, _ in work:
+        thread.join(15)
+    answered_s = time.monotonic() - started
+    for _, out in work:
+        resp = out["value"]
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+        assert resp.json()["error"]["code"] == "router_shutting_down"
+    assert answered_s < 10, f"answered {answered_s:.1f} s after SIGTERM: they waited for the drain bound (20 s)"
+    assert r.proc.wait(timeout=15) in (0, -signal.SIGTERM)
+    assert "Traceback" not in r.log()
