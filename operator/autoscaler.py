@@ -18,13 +18,13 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import aiohttp
 
 from maitred.operator import models
 from maitred.operator.autoscaling import PoolLoad, Recommender, ScaleStep, aggregate, figure, metric_value, recommend
-from maitred.operator.children import ROUTER_ADMIN_PORT, ROUTER_LABEL
+from maitred.operator.children import ROUTER_ADMIN_PORT
 from maitred.operator.kube import Kube, object_path
 
 log = logging.getLogger("maitred.operator.autoscaler")
@@ -33,6 +33,14 @@ log = logging.getLogger("maitred.operator.autoscaler")
 DEFAULT_PERIOD_S = 3.0
 #: Seconds a router pod has to answer ``/debug/load``.
 REPORT_TIMEOUT_S = 1.0
+#: The fields of a pool's status that the autoscaler writes (the reconcile leaves them be, and removes them
+#: with autoscaling).
+STATUS_FIELDS = frozenset({"autoscaling", "load"})
+
+
+def autoscaled(spec: Mapping) -> bool:
+    """True if a pool's spec (the camelCase dict) asks for autoscaling: `autoscaling`, with a template."""
+    return bool(spec.get("autoscaling")) and bool(spec.get("template"))
 
 
 class PoolAutoscaler:
@@ -190,11 +198,6 @@ def load_url(pod: dict) -> str | None:
     return f"http://{host}:{port}/debug/load"
 
 
-def router_pods_of(pods: Iterable[dict], name: str) -> list[dict]:
-    """The router pods of pool `name` among `pods` (by the router label the operator gives them)."""
-    return [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(ROUTER_LABEL) == name]
-
-
 def _steps(events: Iterable[dict]) -> list[ScaleStep]:
     steps = []
     for event in events:
@@ -221,9 +224,9 @@ class Autoscalers:
 
     def sync(self, body: dict) -> None:
         """Start or stop the autoscaler of the pool `body` as its spec asks."""
-        meta, spec = body["metadata"], body.get("spec") or {}
+        meta = body["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
-        wanted = bool(spec.get("autoscaling")) and bool(spec.get("template"))
+        wanted = autoscaled(body.get("spec") or {})
         running = self._by_key.get(key)
         if wanted and running is None:
             scaler = self._by_key[key] = self._make(meta["namespace"], meta["name"])

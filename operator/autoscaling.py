@@ -85,19 +85,16 @@ def metric_value(load: PoolLoad, metric: str) -> float | None:
     replicas do not report the figure). Raises ValueError for an unknown metric."""
     if metric == "kv-cache":
         return load.kv_cache_usage if load.live else None
-    if metric == "queue":
-        demand = None if load.waiting is None and not load.held else (load.waiting or 0.0) + load.held
-    elif metric == "in-flight":
-        demand = load.in_flight + load.held
-    else:
+    if metric not in ("queue", "in-flight"):
         raise ValueError(f"unknown autoscaling metric {metric!r}")
-    if demand is None or not load.live:
+    if not load.live or (metric == "queue" and load.waiting is None and not load.held):
         return None
-    return demand / load.live
+    return demand(load, metric) / load.live
 
 
 def demand(load: PoolLoad, metric: str) -> float:
-    """Requests that ask for a replica while none is ready: those held, and any the replicas report."""
+    """The requests that `metric` counts: those held, plus the replicas' queue (queue) or the routers'
+    requests in flight (in-flight)."""
     if metric == "queue":
         return load.held + (load.waiting or 0.0)
     if metric == "in-flight":

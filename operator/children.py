@@ -15,7 +15,7 @@ pool lets the garbage collector remove them all; no finalizer is needed for that
 from __future__ import annotations
 
 import math
-
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,11 @@ class PoolRef:
 def routing_configmap_name(pool: str) -> str:
     """Name of the pool's routing-table ConfigMap."""
     return f"{pool}-routing"
+
+
+def router_pods_of(pods: Iterable[Mapping], pool: str) -> list:
+    """The router pods of pool `pool` (its name) among `pods`, by the label the operator gives them."""
+    return [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(ROUTER_LABEL) == pool]
 
 
 def router_name(pool: str) -> str:

@@ -32,8 +32,8 @@ import aiohttp
 import kopf
 
 from maitred.operator import models, timing
-from maitred.operator.autoscaler import DEFAULT_PERIOD_S, Autoscalers, PoolAutoscaler, router_pods_of
-from maitred.operator.children import router_name
+from maitred.operator.autoscaler import DEFAULT_PERIOD_S, Autoscalers, PoolAutoscaler
+from maitred.operator.children import router_name, router_pods_of
 from maitred.operator.kube import Kube, object_path
 from maitred.operator.peering import Standing
 from maitred.operator.podcache import PodCache

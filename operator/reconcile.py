@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import pydantic
 
+from maitred.operator import autoscaler
 from maitred.operator.children import (
-    ROUTER_LABEL, TABLE_KEY, PoolRef, build_children, build_configmap, router_name, routing_configmap_name)
+    TABLE_KEY, PoolRef, build_children, build_configmap, router_name, router_pods_of, routing_configmap_name)
 from maitred.operator.kube import ApiError, Kube, object_path
 from maitred.operator.models import PoolSpec, RouterPodSettings
 from maitred.operator.routing import (
@@ -212,8 +213,7 @@ ROUTER_FAULTS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashL
 
 def router_pods_observation(pool: PoolRef, spec: PoolSpec, pods: Iterable[Pod]) -> RouterObservation:
     """The pool's router pods as the pod cache has them: how many are Ready, and a fault one of them shows."""
-    mine = [p for p in pods if (p["metadata"].get("labels") or {}).get(ROUTER_LABEL) == pool.name
-            and not p["metadata"].get("deletionTimestamp")]
+    mine = [p for p in router_pods_of(pods, pool.name) if not p["metadata"].get("deletionTimestamp")]
     available = sum(1 for p in mine if any(c.get("type") == "Ready" and c.get("status") == "True"
                                            for c in p.get("status", {}).get("conditions") or ()))
     problem = None
@@ -275,10 +275,9 @@ async def _write_status(kube: Kube, pool: PoolRef, body: dict, out: Outcome, las
     status = status_patch(compute_status(obs, current or last_status))
     out.status = status
     # The autoscaler's fields are its own to write (a merge patch leaves them be), and gone with autoscaling.
-    mine = {k: v for k, v in current.items() if k not in AUTOSCALER_STATUS_FIELDS}
-    spec = body.get("spec") or {}
-    if not (spec.get("autoscaling") and spec.get("template")) and len(mine) < len(current):
-        status = {**status, **dict.fromkeys(AUTOSCALER_STATUS_FIELDS)}  # null: removed by the merge patch
+    mine = {k: v for k, v in current.items() if k not in autoscaler.STATUS_FIELDS}
+    if not autoscaler.autoscaled(body.get("spec") or {}) and len(mine) < len(current):
+        status = {**status, **dict.fromkeys(autoscaler.STATUS_FIELDS)}  # null: removed by the merge patch
     if status == mine or stale(current, pool.generation):
         return
     try:
@@ -290,10 +289,6 @@ async def _write_status(kube: Kube, pool: PoolRef, body: dict, out: Outcome, las
             return
         out.transient = out.transient or exc.transient
         out.errors.append(f"status: {exc.message or exc}")
-
-
-#: The fields of the status that :mod:`maitred.operator.autoscaler` writes.
-AUTOSCALER_STATUS_FIELDS = frozenset({"autoscaling", "load"})
 
 
 def stale(current: dict, generation: int | None) -> bool:
