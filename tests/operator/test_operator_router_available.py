@@ -36,8 +36,10 @@ def test_a_router_image_that_does_not_exist_is_not_ready_and_says_why(pools, ope
 
     router = settled(pools, "llama", "RouterAvailable", "False")
     assert router["reason"] == "ImagePullBackOff" and MISSING_IMAGE in router["message"]
-    ready = pools.condition("llama", "Ready")
-    assert (ready["status"], ready["reason"]) == ("False", "RouterUnavailable")
+    # The table is written before the status: the status that follows it says why the pool is not Ready.
+    ready = wait_for(lambda: (c := pools.condition("llama", "Ready")).get("reason") == "RouterUnavailable" and c,
+                     30, "Ready to blame the router")
+    assert ready["status"] == "False"
     assert settled(pools, "llama", "Degraded", "True")["reason"] == "ImagePullBackOff"
     assert pools.get("llama")["status"]["router"] == "0/1"
 
